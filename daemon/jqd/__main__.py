@@ -1,0 +1,3 @@
+from jqd.cli import main
+
+raise SystemExit(main())

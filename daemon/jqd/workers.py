@@ -1,0 +1,276 @@
+"""The worker group: runs claimed jobs, at most `workers` at once, each attempt in its own
+cancel scope with its deadline.
+
+Ownership: the dispatcher acquires a slot of `limiter` for every job it claims (claim only
+for free slots); the attempt task releases it. `attempts` maps job id -> live `Attempt` and
+is only read by the lease keeper, the cancel endpoint and drain; the database stays the
+source of truth.
+
+How an attempt ends, and what is written (fenced by the lease token, shielded from
+cancellation so shutdown cannot lose it):
+- handler returns             -> succeeded, with its result
+- handler raises PermanentError -> dead
+- handler raises / times out  -> queued after backoff, or dead when no retries are left
+- cancel endpoint             -> nothing (the endpoint already wrote `cancelled`)
+- drain timeout / shutdown    -> queued again, attempt refunded
+- lease lost (reaper rescued) -> nothing (the job was already re-queued)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+
+import attrs
+import trio
+
+from jqd.backoff import retry_delay
+from jqd.handlers import JobContext, PermanentError, Registry, RetryAfter
+from jqd.metrics import Metrics
+from jqd.model import Job
+from jqd.store.api import Store
+from jqd.store.errors import StoreError
+from jqd.store.params import CompleteParams, Outcome
+from jqd.wakeup import Wakeup
+
+log = logging.getLogger("jqd.workers")
+
+FINAL_WRITE_TIMEOUT = 10.0  # seconds a shielded outcome write may take at most
+MAX_ERROR_CHARS = 4000
+
+
+@attrs.frozen
+class WorkerSettings:
+    workers: int  # slots in total
+    queue_limits: dict  # queue -> slots
+    job_timeout: float  # default seconds per attempt
+    retry_base: float
+    retry_max: float
+
+
+@attrs.define
+class Attempt:
+    job: Job
+    scope: trio.CancelScope
+    stop_reason: str | None = None  # "cancelled", "interrupted", "lease_lost"; None: timeout
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.scope.cancel()
+
+
+@attrs.frozen
+class WorkerStatistics:
+    workers: int
+    in_flight: int
+    per_queue: dict
+
+
+class WorkerGroup:
+    def __init__(self, store: Store, registry: Registry, settings: WorkerSettings, *, run_id: str,
+                 wakeup: Wakeup, metrics: Metrics):
+        self._store = store
+        self._registry = registry
+        self._settings = settings
+        self._run_id = run_id
+        self._wakeup = wakeup
+        self._metrics = metrics
+        self.limiter = trio.CapacityLimiter(settings.workers)
+        self._thread_limiter = trio.CapacityLimiter(settings.workers)  # for plain-def handlers
+        self._per_queue: dict[str, int] = {}
+        self.attempts: dict[int, Attempt] = {}
+        self._idle = trio.Event()
+        self._idle.set()
+        self._nursery: trio.Nursery | None = None
+
+    # --- what the dispatcher asks ---------------------------------------------------------
+    def free_slots(self) -> int:
+        return int(self.limiter.available_tokens)
+
+    def queue_free_slots(self) -> dict[str, int]:
+        return {q: limit - self._per_queue.get(q, 0) for q, limit in self._settings.queue_limits.items()}
+
+    def start(self, job: Job) -> None:
+        """Run a claimed job. The caller checked free_slots(); raises if there is none."""
+        assert self._nursery is not None, "WorkerGroup.run has not started"
+        self.limiter.acquire_on_behalf_of_nowait(job.id)
+        self._per_queue[job.queue] = self._per_queue.get(job.queue, 0) + 1
+        deadline = trio.current_time() + (job.timeout_seconds or self._settings.job_timeout)
+        attempt = Attempt(job, trio.CancelScope(deadline=deadline))
+        self.attempts[job.id] = attempt
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._nursery.start_soon(self._run_attempt, attempt, name=f"job {job.id}")
+
+    # --- what leases, cancel and drain ask ------------------------------------------------
+    def leases(self) -> list[tuple[int, int]]:
+        return [(a.job.id, a.job.lease_token) for a in self.attempts.values()]
+
+    def stop(self, job_id: int, reason: str) -> bool:
+        attempt = self.attempts.get(job_id)
+        if attempt is None:
+            return False
+        attempt.stop(reason)
+        return True
+
+    def interrupt_all(self) -> list[int]:
+        """Cancel every running attempt; each goes back to queued with its attempt refunded."""
+        ids = sorted(self.attempts)
+        for attempt in list(self.attempts.values()):
+            attempt.stop("interrupted")
+        return ids
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def finish_running(self, grace: float, hurry: trio.Event | None = None) -> list[int]:
+        """Let running attempts finish for up to `grace` seconds (less if `hurry` is set),
+        then interrupt the rest: they go back to queued with their attempt refunded.
+        Returns the ids of the interrupted jobs, once their state is written."""
+        with trio.move_on_after(grace):
+            async with trio.open_nursery() as nursery:
+                if hurry is not None:
+                    nursery.start_soon(_cancel_when_set, hurry, nursery.cancel_scope)
+                await self.wait_idle()
+                nursery.cancel_scope.cancel()
+        interrupted = self.interrupt_all()
+        await self.wait_idle()
+        return interrupted
+
+    def statistics(self) -> WorkerStatistics:
+        return WorkerStatistics(self._settings.workers, len(self.attempts), dict(self._per_queue))
+
+    # --- the group --------------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _run_attempt(self, attempt: Attempt) -> None:
+        job = attempt.job
+        started = time.time()
+        self._metrics.pickup.observe(max(0.0, started - job.run_at))
+        params = None
+        try:
+            with attempt.scope:
+                params = await self._execute(attempt)
+            if params is None and attempt.stop_reason is None:  # the deadline fired
+                timeout = job.timeout_seconds or self._settings.job_timeout
+                params = self._failure(job, f"timed out after {timeout:g} s", permanent=False)
+        finally:
+            if params is None and attempt.stop_reason in (None, "interrupted"):
+                params = self._params(job, Outcome.INTERRUPTED, error="interrupted by shutdown or drain")
+                self._metrics.interrupted.inc()
+            self._metrics.run_time.labels(job.type).observe(time.time() - started)
+            with trio.move_on_after(FINAL_WRITE_TIMEOUT, shield=True):
+                await self._record(job, params)
+            self._release(job)
+
+    async def _execute(self, attempt: Attempt) -> CompleteParams | None:
+        """Run the handler; returns the outcome to write (None if cancelled through the scope)."""
+        job = attempt.job
+        job_type = self._registry.get(job.type)
+        if job_type is None:
+            return self._failure(job, f"no handler for job type {job.type!r}", permanent=True)
+        ctx = JobContext(id=job.id, type=job.type, payload=job.payload, attempt=job.attempts,
+                         queue=job.queue, trio_token=trio.lowlevel.current_trio_token())
+        outcome: list[CompleteParams] = []
+
+        async def call() -> None:
+            try:
+                if job_type.is_async:
+                    result = await job_type.run(ctx)
+                else:
+                    result = await trio.to_thread.run_sync(job_type.run, ctx, abandon_on_cancel=True,
+                                                           limiter=self._thread_limiter)
+            except PermanentError as exc:
+                outcome.append(self._failure(job, _describe(exc), permanent=True))
+            except RetryAfter as exc:
+                outcome.append(self._failure(job, _describe(exc), permanent=False, delay=exc.seconds))
+            except Exception as exc:
+                outcome.append(self._failure(job, _describe(exc), permanent=False))
+            else:
+                try:
+                    result_json = json.dumps(result)
+                except (TypeError, ValueError) as exc:  # would fail the same way every time
+                    outcome.append(self._failure(job, f"handler result is not JSON: {exc}", permanent=True))
+                else:
+                    outcome.append(self._params(job, Outcome.SUCCEEDED, result_json=result_json))
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._flush_progress, ctx, job)
+            nursery.start_soon(call)
+        return outcome[0] if outcome else None
+
+    async def _flush_progress(self, ctx: JobContext, job: Job) -> None:
+        """Write the handler's latest progress, coalescing reports that arrive meanwhile."""
+        while True:
+            value = await ctx.wait_progress()
+            try:
+                await self._store.job_progress(job.id, self._run_id, job.lease_token, json.dumps(value))
+            except StoreError as exc:
+                log.warning("job %d: progress not stored: %s", job.id, exc)
+
+    def _params(self, job: Job, outcome: Outcome, **fields) -> CompleteParams:
+        return CompleteParams(job_id=job.id, owner=self._run_id, token=job.lease_token, outcome=outcome,
+                              now=time.time(), **fields)
+
+    def _failure(self, job: Job, error: str, *, permanent: bool, delay: float | None = None) -> CompleteParams:
+        if permanent:
+            return self._params(job, Outcome.PERMANENT, error=error)
+        if delay is None:
+            delay = retry_delay(job.attempts, self._settings.retry_base, self._settings.retry_max)
+        return self._params(job, Outcome.FAILED, error=error, retry_at=time.time() + delay)
+
+    async def _record(self, job: Job, params: CompleteParams | None) -> None:
+        if params is None:  # cancelled by the API or rescued: someone else wrote the state
+            return
+        try:
+            result = await self._store.job_complete(params)
+        except StoreError as exc:
+            # The lease is no longer renewed, so the reaper re-queues the job: at-least-once.
+            log.error("job %d: outcome %s not stored (%s); it will be rescued when its lease lapses",
+                      job.id, params.outcome.value, exc)
+            return
+        if not result.accepted:
+            log.warning("job %d: outcome %s refused: the attempt's lease no longer holds",
+                        job.id, params.outcome.value)
+            return
+        if params.outcome is Outcome.SUCCEEDED:
+            self._metrics.succeeded.labels(job.type).inc()
+        elif params.outcome in (Outcome.FAILED, Outcome.PERMANENT):
+            self._metrics.failed_attempts.labels(job.type).inc()
+            if result.state == "dead":
+                self._metrics.dead.labels(job.type).inc()
+                log.warning("job %d (%s) is dead after %d attempt(s): %s", job.id, job.type,
+                            job.attempts, params.error)
+
+    def _release(self, job: Job) -> None:
+        del self.attempts[job.id]
+        self._per_queue[job.queue] -= 1
+        if not self._per_queue[job.queue]:
+            del self._per_queue[job.queue]
+        self.limiter.release_on_behalf_of(job.id)
+        if not self.attempts:
+            self._idle.set()
+        self._wakeup.notify()
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if not isinstance(exc, (PermanentError, RetryAfter)):
+        frames = traceback.extract_tb(exc.__traceback__)
+        if frames:
+            last = frames[-1]
+            text += f" (at {last.filename}:{last.lineno})"
+    return text[:MAX_ERROR_CHARS]
+
