@@ -24,13 +24,13 @@ import importlib
 import logging
 import os
 import sys
-import time
 import uuid
 
 import attrs
 import httpx
 import trio
 
+from jqd import clock
 from jqd import control_server, http, leases, reaper, signals, systemd
 from jqd.config import Config
 from jqd.controller import Controller
@@ -84,11 +84,11 @@ def build_registry(config: Config, http_client: httpx.AsyncClient) -> Registry:
 
 async def run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     run_id = uuid.uuid4().hex
-    started_at = time.time()
+    started_at = clock.now()
     import_handler_modules(config.handler_modules)
     lock = await trio.to_thread.run_sync(DatabaseLock, config.db_path, run_id)
     try:
-        conn = await trio.to_thread.run_sync(open_database, config.db_path)
+        conn = await trio.to_thread.run_sync(open_database, config.db_path, config.max_db_bytes)
         reads = ReadPool(config.db_path)
         try:
             await _serve(config, run_id, started_at, conn, reads, task_status)
@@ -110,7 +110,7 @@ async def _serve(config, run_id, started_at, conn, reads, task_status) -> None:
         registry = build_registry(config, http_client)
         async with trio.open_nursery() as root:
             await root.start(writer.run)
-            recovered = await store.jobs_recover(run_id, time.time())
+            recovered = await store.jobs_recover(run_id, clock.now())
             metrics.rescued.inc(len(recovered.requeued) + len(recovered.dead))
             reaper.log_rescue(recovered, "recovered after a previous run stopped")
             state = RunState(wakeup, {q: Pause(r, at) for q, r, at in await store.pause_list()})

@@ -98,6 +98,7 @@ class Config:
     retention: float = 604800.0  # seconds: finished jobs older than this are pruned
     max_queued: int = 100_000  # queued jobs above which intake answers 429
     max_body: int = 1 << 20  # bytes: largest request body
+    max_db_bytes: int | None = None  # cap on the database file size (SQLite max_page_count)
     max_batch: int = 1000  # jobs in one POST /createJobs
     shutdown_grace: float = 25.0  # seconds SIGTERM waits for running jobs
     api_token: str | None = attrs.field(default=None, repr=False)  # bearer token; a secret
@@ -161,6 +162,8 @@ class Config:
             fields["max_queued"] = _parse_int("JQD_MAX_QUEUED", raw, minimum=1)
         if (raw := env.get("JQD_MAX_BODY")) is not None:
             fields["max_body"] = _parse_int("JQD_MAX_BODY", raw, minimum=1024)
+        if (raw := env.get("JQD_MAX_DB_BYTES")):
+            fields["max_db_bytes"] = _parse_int("JQD_MAX_DB_BYTES", raw, minimum=65536)
         if (raw := env.get("JQD_API_TOKEN")):
             fields["api_token"] = raw
         if (raw := env.get("JQD_WEBHOOK_ALLOWED_HOSTS")) is not None:

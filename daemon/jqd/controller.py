@@ -8,11 +8,11 @@ daemon then stays up, drained, until `resume` or a stop signal.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import trio
 
+from jqd import clock
 from jqd import __version__
 from jqd_ctl.wire import ControlError
 from jqd.model import format_time
@@ -38,7 +38,7 @@ class Controller:
         global_pause = self._state.pauses.get(GLOBAL)
         return {
             "state": self._label(), "version": __version__,
-            "uptime_seconds": round(time.time() - self._started_at, 3),
+            "uptime_seconds": round(clock.now() - self._started_at, 3),
             "in_flight": stats.in_flight, "workers": stats.workers, "counts": counts,
             "global_pause": _pause_json(global_pause) if global_pause else None,
             "paused_queues": [{"queue": q, **_pause_json(p)} for q, p in sorted(self._state.pauses.items())
@@ -54,7 +54,7 @@ class Controller:
     async def pause(self, queue: str | None, reason: str | None) -> dict:
         if queue == GLOBAL:
             raise ControlError("bad_arguments", f"{GLOBAL!r} is not a queue name")
-        now = time.time()
+        now = clock.now()
         await self._store.pause_set(queue or GLOBAL, reason, now)
         self._state.set_pause(queue, Pause(reason, now))
         return await self.status()

@@ -15,10 +15,10 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import time
 
 import trio
 
+from jqd import clock
 from jqd.runstate import RunState
 from jqd.store.api import Store
 from jqd.store.errors import StoreError
@@ -54,7 +54,7 @@ class Dispatcher:
         if not self._state.dispatching or free <= 0:
             return 0, None
         queue_free = self._workers.queue_free_slots()
-        now = time.time()
+        now = clock.now()
         params = ClaimParams(
             limit=free, now=now, owner=self._run_id, token=next(self._tokens),
             lease_expires_at=now + self._visibility_timeout,
@@ -76,12 +76,12 @@ class Dispatcher:
                 _, next_run_at = await self.dispatch_once()
             except StoreError as exc:
                 log.warning("claim failed, retrying in %g s: %s", STORE_RETRY, exc)
-                next_run_at = time.time() + STORE_RETRY
+                next_run_at = clock.now() + STORE_RETRY
             self.loops += 1
-            if next_run_at is not None and next_run_at <= time.time():
+            if next_run_at is not None and next_run_at <= clock.now():
                 await trio.lowlevel.checkpoint()
                 continue
-            deadline = math.inf if next_run_at is None else trio.current_time() + (next_run_at - time.time())
+            deadline = math.inf if next_run_at is None else clock.to_deadline(next_run_at)
             self.waiting = True
             with trio.move_on_at(deadline):
                 await woken.wait()

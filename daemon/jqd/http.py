@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import time
 
 import attrs
 import trio
@@ -21,6 +20,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from jqd import clock
 from jqd import __version__
 from jqd.handlers import Registry
 from jqd.metrics import Metrics
@@ -119,7 +119,7 @@ def create_app(deps: HttpDeps) -> QuartTrio:
 
     async def insert(new_jobs) -> list | Response:
         try:
-            results = await deps.store.jobs_insert(new_jobs, time.time())
+            results = await deps.store.jobs_insert(new_jobs, clock.now())
         except (StorageFull, StorageUnavailable, QueueFull, IdempotencyConflict) as exc:
             return _store_error(exc)
         created = [job for job, was_created in results if was_created]
@@ -136,7 +136,7 @@ def create_app(deps: HttpDeps) -> QuartTrio:
     async def create_job():
         if (closed := intake_closed()) is not None:
             return closed
-        new = parse_new_job(await json_body(), deps.registry, time.time())
+        new = parse_new_job(await json_body(), deps.registry, clock.now())
         results = await insert([new])
         if isinstance(results, Response):
             return results
@@ -147,7 +147,7 @@ def create_app(deps: HttpDeps) -> QuartTrio:
     async def create_jobs():
         if (closed := intake_closed()) is not None:
             return closed
-        new_jobs = parse_batch(await json_body(), deps.registry, time.time(), deps.max_batch)
+        new_jobs = parse_batch(await json_body(), deps.registry, clock.now(), deps.max_batch)
         results = await insert(new_jobs)
         if isinstance(results, Response):
             return results
@@ -171,7 +171,7 @@ def create_app(deps: HttpDeps) -> QuartTrio:
     @app.post("/jobs/<int:job_id>/cancel")
     async def cancel_job(job_id: int):
         try:
-            job = await deps.store.job_cancel(job_id, time.time())
+            job = await deps.store.job_cancel(job_id, clock.now())
         except (JobNotFound, InvalidTransition, StorageFull, StorageUnavailable) as exc:
             return _store_error(exc)
         deps.workers.stop(job_id, "cancelled")
@@ -180,7 +180,7 @@ def create_app(deps: HttpDeps) -> QuartTrio:
     @app.post("/jobs/<int:job_id>/retry")
     async def retry_job(job_id: int):
         try:
-            job = await deps.store.job_retry(job_id, time.time())
+            job = await deps.store.job_retry(job_id, clock.now())
         except (JobNotFound, InvalidTransition, StorageFull, StorageUnavailable) as exc:
             return _store_error(exc)
         deps.wakeup.notify()
@@ -209,7 +209,7 @@ def create_app(deps: HttpDeps) -> QuartTrio:
         workers = deps.workers.statistics()
         return _json({
             "state": deps.state.label(), "version": __version__,
-            "uptime_seconds": round(time.time() - deps.started_at, 3),
+            "uptime_seconds": round(clock.now() - deps.started_at, 3),
             "counts": by_state, "queues": by_queue, "in_flight": workers.in_flight,
             "workers": workers.workers, "writable": deps.store.writable,
             "paused_queues": sorted(deps.state.paused_queues),
@@ -217,8 +217,8 @@ def create_app(deps: HttpDeps) -> QuartTrio:
 
     @app.get("/metrics")
     async def metrics():
-        now = time.time()
-        text = deps.metrics.render(await deps.store.counts(), await deps.store.oldest_due(now))
+        now = clock.now()
+        text = deps.metrics.render(await deps.store.counts(), await deps.store.oldest_due(now), now)
         return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/openapi.json")

@@ -8,10 +8,10 @@ every third of the visibility timeout tolerates two missed ticks.
 from __future__ import annotations
 
 import logging
-import time
 
 import trio
 
+from jqd import clock
 from jqd.store.api import Store
 from jqd.store.errors import StoreError
 from jqd.store.params import LeaseRenewParams
@@ -25,7 +25,7 @@ async def renew_once(store: Store, workers: WorkerGroup, run_id: str, visibility
     if not leases:
         return 0
     return await store.lease_renew(LeaseRenewParams(owner=run_id, jobs=leases,
-                                                    expires_at=time.time() + visibility_timeout))
+                                                    expires_at=clock.now() + visibility_timeout))
 
 
 async def run(store: Store, workers: WorkerGroup, run_id: str, visibility_timeout: float, *,

@@ -4,7 +4,6 @@ the database is the only source of truth."""
 
 from __future__ import annotations
 
-import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -34,7 +33,7 @@ class Metrics:
         self.run_time = Histogram("jqd_job_run_seconds", "Run time of one attempt", ["type"],
                                   buckets=LATENCY_BUCKETS, registry=r)
 
-    def render(self, counts: list[tuple[str, str, int]], oldest_due: float | None) -> bytes:
+    def render(self, counts: list[tuple[str, str, int]], oldest_due: float | None, now: float) -> bytes:
         """Prometheus text, with the gauges set from a fresh read of the store."""
         self.queued.clear()
         self.running.clear()
@@ -43,5 +42,5 @@ class Metrics:
                 self.queued.labels(queue).set(n)
             elif state == "running":
                 self.running.labels(queue).set(n)
-        self.oldest_queued_age.set(max(0.0, time.time() - oldest_due) if oldest_due else 0.0)
+        self.oldest_queued_age.set(max(0.0, now - oldest_due) if oldest_due else 0.0)
         return generate_latest(self.registry)

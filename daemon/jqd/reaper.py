@@ -11,11 +11,11 @@ This is maintenance, not the hot path, so it runs on a fixed tick (`reap_interva
 from __future__ import annotations
 
 import logging
-import time
 
 import attrs
 import trio
 
+from jqd import clock
 from jqd.metrics import Metrics
 from jqd.store.api import Store
 from jqd.store.errors import StoreError
@@ -41,7 +41,7 @@ def log_rescue(result: RescueResult, why: str) -> None:
 
 
 async def reap_once(store: Store, workers: WorkerGroup, metrics: Metrics, retention: float) -> ReapResult:
-    now = time.time()
+    now = clock.now()
     rescued = await store.leases_reap(now)
     for job_id in (*rescued.requeued, *rescued.dead):
         workers.stop(job_id, "lease_lost")

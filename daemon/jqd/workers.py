@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import traceback
 
 import attrs
 import trio
 
+from jqd import clock
 from jqd.backoff import retry_delay
 from jqd.handlers import JobContext, PermanentError, Registry, RetryAfter
 from jqd.metrics import Metrics
@@ -151,7 +151,7 @@ class WorkerGroup:
 
     async def _run_attempt(self, attempt: Attempt) -> None:
         job = attempt.job
-        started = time.time()
+        started = clock.now()
         self._metrics.pickup.observe(max(0.0, started - job.run_at))
         params = None
         try:
@@ -164,7 +164,7 @@ class WorkerGroup:
             if params is None and attempt.stop_reason in (None, "interrupted"):
                 params = self._params(job, Outcome.INTERRUPTED, error="interrupted by shutdown or drain")
                 self._metrics.interrupted.inc()
-            self._metrics.run_time.labels(job.type).observe(time.time() - started)
+            self._metrics.run_time.labels(job.type).observe(clock.now() - started)
             with trio.move_on_after(FINAL_WRITE_TIMEOUT, shield=True):
                 await self._record(job, params)
             self._release(job)
@@ -217,14 +217,14 @@ class WorkerGroup:
 
     def _params(self, job: Job, outcome: Outcome, **fields) -> CompleteParams:
         return CompleteParams(job_id=job.id, owner=self._run_id, token=job.lease_token, outcome=outcome,
-                              now=time.time(), **fields)
+                              now=clock.now(), **fields)
 
     def _failure(self, job: Job, error: str, *, permanent: bool, delay: float | None = None) -> CompleteParams:
         if permanent:
             return self._params(job, Outcome.PERMANENT, error=error)
         if delay is None:
             delay = retry_delay(job.attempts, self._settings.retry_base, self._settings.retry_max)
-        return self._params(job, Outcome.FAILED, error=error, retry_at=time.time() + delay)
+        return self._params(job, Outcome.FAILED, error=error, retry_at=clock.now() + delay)
 
     async def _record(self, job: Job, params: CompleteParams | None) -> None:
         if params is None:  # cancelled by the API or rescued: someone else wrote the state

@@ -67,7 +67,7 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def open_database(path: str) -> sqlite3.Connection:
+def open_database(path: str, max_bytes: int | None = None) -> sqlite3.Connection:
     """Check, configure and migrate the database; return the write connection.
 
     Raises DatabaseCorrupt when the file is not a healthy SQLite database or was written by
@@ -89,6 +89,9 @@ def open_database(path: str) -> sqlite3.Connection:
             raise DatabaseCorrupt(f"{path}: could not switch to WAL mode (got {mode})")
         conn.execute("PRAGMA synchronous = FULL")  # again: the setting is per connection, after WAL
         migrate(conn)
+        if max_bytes is not None:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
     except sqlite3.DatabaseError as exc:
         if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
             raise DatabaseCorrupt(f"cannot open {path}: {exc}") from None
