@@ -164,6 +164,8 @@ async def _serve_http(app, config: Config, stop: trio.Event, closed: trio.Event,
                       task_status=trio.TASK_STATUS_IGNORED) -> None:
     try:
         await http.serve(app, config.bind_host, config.bind_port, stop, task_status=task_status)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.bind_host}:{config.bind_port}: {exc.strerror or exc}") from exc
     finally:
         closed.set()
 

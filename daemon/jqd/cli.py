@@ -29,12 +29,25 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(config.log_format, config.log_level)
     try:
         trio.run(app.run, config)
-    except (DatabaseLocked, DatabaseCorrupt, ControlSocketError, app.StartupError) as exc:
-        log.error("cannot start: %s", exc)
+    except BaseException as exc:
+        reason = _startup_failure(exc)
+        if reason is None:
+            raise
+        log.error("cannot start: %s", reason)
         return 1
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        return 0
     return 0
+
+
+STARTUP_FAILURES = (DatabaseLocked, DatabaseCorrupt, ControlSocketError, app.StartupError, OSError)
+
+
+def _startup_failure(exc: BaseException) -> BaseException | None:
+    """The operator-facing cause inside `exc` (nurseries wrap errors in groups), if any."""
+    if isinstance(exc, STARTUP_FAILURES):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_failure(inner)
+            if found is not None:
+                return found
+    return None
