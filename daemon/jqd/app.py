@@ -93,10 +93,15 @@ async def run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
             await _serve(config, run_id, started_at, conn, reads, task_status)
         finally:
-            reads.close()
-            conn.close()
+            with trio.CancelScope(shield=True):  # closing may checkpoint the WAL: off the loop
+                await trio.to_thread.run_sync(_close, reads, conn)
     finally:
         lock.release()
+
+
+def _close(reads: ReadPool, conn) -> None:
+    reads.close()
+    conn.close()
 
 
 async def _serve(config, run_id, started_at, conn, reads, task_status) -> None:

@@ -1,0 +1,3 @@
+from jqd_ctl.cli import main
+
+raise SystemExit(main())
