@@ -48,6 +48,7 @@ from jqd.workers import WorkerGroup, WorkerSettings
 log = logging.getLogger("jqd")
 
 HTTP_CLOSE_TIMEOUT = 6.0  # seconds to wait for hypercorn's graceful close
+STATUS_EVERY = 2.0  # seconds between checks of the systemd STATUS= line
 
 
 class StartupError(Exception):
@@ -151,7 +152,7 @@ async def _serve(config, run_id, started_at, conn, reads, task_status) -> None:
                              _version(), config.bind_host, port, socket_path, config.workers, run_id)
                     if notifier:
                         notifier.ready()
-                        notifier.status(f"serving on port {port}, {config.workers} workers")
+                        front.start_soon(_report_status, notifier, state, workers)
                     task_status.started(Running(port, socket_path, run_id))
 
                     await shutdown.requested.wait()
@@ -173,6 +174,18 @@ async def _serve_http(app, config: Config, stop: trio.Event, closed: trio.Event,
         raise StartupError(f"cannot listen on {config.bind_host}:{config.bind_port}: {exc.strerror or exc}") from exc
     finally:
         closed.set()
+
+
+async def _report_status(notifier, state: RunState, workers: WorkerGroup) -> None:
+    """STATUS= for `systemctl status`, sent when it changes (checked every few seconds)."""
+    last = None
+    while True:
+        stats = workers.statistics()
+        text = f"{state.label()}: {stats.in_flight} of {stats.workers} workers busy"
+        if text != last:
+            notifier.status(text)
+            last = text
+        await trio.sleep(STATUS_EVERY)
 
 
 async def _shut_down(config: Config, state: RunState, workers: WorkerGroup, notifier, shutdown) -> None:

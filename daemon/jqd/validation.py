@@ -21,8 +21,8 @@ from jqd.store.params import ListParams, NewJob
 MAX_DELAY = 10 * 365 * 86400.0  # seconds: the furthest a job may be scheduled
 MAX_TIMEOUT = 7 * 86400.0
 MAX_RETRIES = 100
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-TYPE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+TYPE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 JOB_FIELDS = frozenset({"type", "payload", "max_retries", "idempotency_key", "run_at", "delay_seconds",
                         "priority", "queue", "timeout_seconds"})
 
@@ -86,7 +86,7 @@ def parse_new_job(body: object, registry: Registry, now: float, where: str = "")
         raise _bad(f"{where}{unknown[0]}: unknown field (allowed: {', '.join(sorted(JOB_FIELDS))})",
                    "unknown_field")
     type_ = body.get("type")
-    if not isinstance(type_, str) or not TYPE_NAME.match(type_):
+    if not isinstance(type_, str) or not TYPE_NAME.fullmatch(type_):
         raise _bad(f"{where}type: required, a job type name (letters, digits, _ . : -)")
     if "payload" not in body:
         raise _bad(f"{where}payload: required, a JSON object")
@@ -96,7 +96,7 @@ def parse_new_job(body: object, registry: Registry, now: float, where: str = "")
     max_retries = _integer(body, "max_retries", 0, MAX_RETRIES, 3, where)
     priority = _integer(body, "priority", 0, 9, 0, where)
     queue = body.get("queue", "default")
-    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+    if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
         raise _bad(f"{where}queue: 1 to 64 characters among letters, digits, _ . : -")
     key = body.get("idempotency_key")
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255):
