@@ -9,7 +9,6 @@ request.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 
 import attrs
@@ -30,7 +29,7 @@ from jqd.store.api import Store
 from jqd.store.errors import (
     IdempotencyConflict, InvalidTransition, JobNotFound, QueueFull, StorageFull, StorageUnavailable,
 )
-from jqd.validation import RequestError, parse_batch, parse_json, parse_list_query, parse_new_job
+from jqd.validation import RequestError, canonical_json, parse_batch, parse_json, parse_list_query, parse_new_job
 from jqd.wakeup import Wakeup
 from jqd.workers import WorkerGroup
 
@@ -54,8 +53,7 @@ class HttpDeps:
 
 
 def _json(body: object, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status=status, headers=headers,
-                    content_type="application/json")
+    return Response(canonical_json(body), status=status, headers=headers, content_type="application/json")
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> Response:

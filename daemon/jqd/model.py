@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from datetime import datetime, timezone
 
@@ -42,6 +43,11 @@ def format_time(ts: float | None) -> str | None:
     """Unix seconds -> RFC 3339 in UTC with microseconds, e.g. 2026-11-27T21:06:13.123456Z."""
     if ts is None:
         return None
+    return _format_time(ts)
+
+
+@functools.lru_cache(maxsize=4096)  # a batch's jobs share created_at and run_at
+def _format_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

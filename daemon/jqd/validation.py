@@ -13,6 +13,7 @@ import math
 import re
 
 import attrs
+import orjson
 
 from jqd.handlers import PayloadError, Registry
 from jqd.model import JobState, parse_time
@@ -21,8 +22,8 @@ from jqd.store.params import ListParams, NewJob
 MAX_DELAY = 10 * 365 * 86400.0  # seconds: the furthest a job may be scheduled
 MAX_TIMEOUT = 7 * 86400.0
 MAX_RETRIES = 100
-QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-TYPE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+TYPE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 JOB_FIELDS = frozenset({"type", "payload", "max_retries", "idempotency_key", "run_at", "delay_seconds",
                         "priority", "queue", "timeout_seconds"})
 
@@ -52,7 +53,11 @@ def parse_json(body: bytes) -> object:
 
 
 def canonical_json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON text of a parsed value (orjson; the stdlib for integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def request_hash(type_: str, payload: dict) -> str:
@@ -127,7 +132,7 @@ def parse_new_job(body: object, registry: Registry, now: float, where: str = "")
             raise RequestError(422, "invalid_payload", f"{where}payload: {exc}") from None
     return NewJob(type=type_, payload_json=canonical_json(payload), queue=queue, priority=priority,
                   run_at=run_at, max_retries=max_retries, timeout_seconds=timeout, idempotency_key=key,
-                  request_hash=request_hash(type_, payload) if key is not None else None)
+                  request_hash=request_hash(type_, payload) if key is not None else None, payload=payload)
 
 
 def parse_batch(body: object, registry: Registry, now: float, max_batch: int) -> list[NewJob]:

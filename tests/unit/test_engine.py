@@ -22,7 +22,7 @@ async def hang(job):
     await trio.sleep_forever()
 
 
-async def test_job_runs_and_succeeds_with_its_result(nursery, tmp_path, slow_autojump_clock):
+async def test_job_runs_and_succeeds_with_its_result(nursery, tmp_path, autojump_clock):
     engine = await start_engine(nursery, str(tmp_path / "j.db"), {"noop": noop})
     job_id = await engine.submit("noop")
     job = await engine.wait_state(job_id, "succeeded")
@@ -30,7 +30,8 @@ async def test_job_runs_and_succeeds_with_its_result(nursery, tmp_path, slow_aut
     assert job.attempts == 1 and job.lease_owner is None
 
 
-async def test_sync_handler_runs_in_a_thread(nursery, tmp_path, slow_autojump_clock):
+async def test_sync_handler_runs_in_a_thread(nursery, tmp_path):
+    # real clock: under autojump, waiting for the handler's thread would jump to its deadline
     def sync_handler(job):
         return {"thread": threading.current_thread() is not threading.main_thread()}
 
@@ -39,7 +40,7 @@ async def test_sync_handler_runs_in_a_thread(nursery, tmp_path, slow_autojump_cl
     assert job.result == {"thread": True}
 
 
-async def test_timeouts_retry_with_backoff_then_dead(nursery, tmp_path, slow_autojump_clock):
+async def test_timeouts_retry_with_backoff_then_dead(nursery, tmp_path, autojump_clock):
     engine = await start_engine(nursery, str(tmp_path / "j.db"), {"hang": hang}, retry_base=10, retry_max=15)
     start = trio.current_time()
     job_id = await engine.submit("hang", max_retries=2, timeout_seconds=5)
@@ -50,7 +51,7 @@ async def test_timeouts_retry_with_backoff_then_dead(nursery, tmp_path, slow_aut
     assert 15 <= elapsed <= 15 + 10 + 15 + 5  # three timeouts plus two jittered delays (<= 10, <= 15)
 
 
-async def test_permanent_error_goes_dead_at_once(nursery, tmp_path, slow_autojump_clock):
+async def test_permanent_error_goes_dead_at_once(nursery, tmp_path, autojump_clock):
     async def bad(job):
         raise PermanentError("no such recipient")
 
@@ -59,7 +60,7 @@ async def test_permanent_error_goes_dead_at_once(nursery, tmp_path, slow_autojum
     assert job.attempts == 1 and "no such recipient" in job.last_error
 
 
-async def test_retry_after_sets_the_next_run(nursery, tmp_path, slow_autojump_clock):
+async def test_retry_after_sets_the_next_run(nursery, tmp_path, autojump_clock):
     seen = []
 
     async def later(job):
@@ -74,7 +75,7 @@ async def test_retry_after_sets_the_next_run(nursery, tmp_path, slow_autojump_cl
     assert seen[1] - seen[0] >= 120
 
 
-async def test_generic_error_is_recorded_and_retried(nursery, tmp_path, slow_autojump_clock):
+async def test_generic_error_is_recorded_and_retried(nursery, tmp_path, autojump_clock):
     async def flaky(job):
         if job.attempt < 3:
             raise ConnectionError("refused")
@@ -85,7 +86,7 @@ async def test_generic_error_is_recorded_and_retried(nursery, tmp_path, slow_aut
     assert job.result == 3 and job.attempts == 3
 
 
-async def test_scheduled_job_waits_for_its_run_at_without_spinning(nursery, tmp_path, slow_autojump_clock):
+async def test_scheduled_job_waits_for_its_run_at_without_spinning(nursery, tmp_path, autojump_clock):
     started = []
 
     async def record(job):
@@ -100,7 +101,7 @@ async def test_scheduled_job_waits_for_its_run_at_without_spinning(nursery, tmp_
     assert engine.dispatcher.loops - loops_before <= 6  # woken by events and the due time, not polling
 
 
-async def test_claims_only_as_many_jobs_as_free_slots(nursery, tmp_path, slow_autojump_clock):
+async def test_claims_only_as_many_jobs_as_free_slots(nursery, tmp_path, autojump_clock):
     engine = await start_engine(nursery, str(tmp_path / "j.db"), {"hang": hang}, workers=2)
     ids = [await engine.submit("hang") for _ in range(5)]
     await trio.sleep(1)
@@ -109,7 +110,7 @@ async def test_claims_only_as_many_jobs_as_free_slots(nursery, tmp_path, slow_au
     assert engine.workers.free_slots() == 0
 
 
-async def test_per_queue_limit(nursery, tmp_path, slow_autojump_clock):
+async def test_per_queue_limit(nursery, tmp_path, autojump_clock):
     engine = await start_engine(nursery, str(tmp_path / "j.db"), {"hang": hang}, workers=5,
                                 queue_limits={"slow": 1})
     slow = [await engine.submit("hang", queue="slow") for _ in range(3)]
@@ -119,7 +120,7 @@ async def test_per_queue_limit(nursery, tmp_path, slow_autojump_clock):
     assert [(await engine.job(i)).state.value for i in fast] == ["running", "running"]
 
 
-async def test_priority_order_when_slots_free_up(nursery, tmp_path, slow_autojump_clock):
+async def test_priority_order_when_slots_free_up(nursery, tmp_path, autojump_clock):
     order = []
     gate = trio.Event()
 
@@ -137,7 +138,7 @@ async def test_priority_order_when_slots_free_up(nursery, tmp_path, slow_autojum
     assert order == [2, 4, 1, 3]
 
 
-async def test_global_and_queue_pause(nursery, tmp_path, slow_autojump_clock):
+async def test_global_and_queue_pause(nursery, tmp_path, autojump_clock):
     engine = await start_engine(nursery, str(tmp_path / "j.db"), {"noop": noop})
     engine.state.set_pause(None, Pause(None, clock.now()))
     job_id = await engine.submit("noop")
@@ -152,7 +153,7 @@ async def test_global_and_queue_pause(nursery, tmp_path, slow_autojump_clock):
     await engine.wait_state(mail_id, "succeeded")
 
 
-async def test_finish_running_interrupts_and_refunds_the_attempt(nursery, tmp_path, slow_autojump_clock):
+async def test_finish_running_interrupts_and_refunds_the_attempt(nursery, tmp_path, autojump_clock):
     engine = await start_engine(nursery, str(tmp_path / "j.db"), {"hang": hang})
     job_id = await engine.submit("hang")
     await engine.wait_state(job_id, "running")
@@ -163,7 +164,7 @@ async def test_finish_running_interrupts_and_refunds_the_attempt(nursery, tmp_pa
     assert job.state.value == "queued" and job.attempts == 0 and job.rescues == 0
 
 
-async def test_finish_running_lets_short_jobs_finish(nursery, tmp_path, slow_autojump_clock):
+async def test_finish_running_lets_short_jobs_finish(nursery, tmp_path, autojump_clock):
     async def short(job):
         await trio.sleep(2)
         return "done"
@@ -175,7 +176,7 @@ async def test_finish_running_lets_short_jobs_finish(nursery, tmp_path, slow_aut
     assert (await engine.job(job_id)).state.value == "succeeded"
 
 
-async def test_cancelling_a_running_job_cancels_its_handler(nursery, tmp_path, slow_autojump_clock):
+async def test_cancelling_a_running_job_cancels_its_handler(nursery, tmp_path, autojump_clock):
     cancelled = trio.Event()
 
     async def watched(job):
@@ -195,7 +196,7 @@ async def test_cancelling_a_running_job_cancels_its_handler(nursery, tmp_path, s
     assert job.state.value == "cancelled" and job.finished_at is not None
 
 
-async def test_stale_attempt_completion_is_refused(nursery, tmp_path, slow_autojump_clock):
+async def test_stale_attempt_completion_is_refused(nursery, tmp_path, autojump_clock):
     """Run 1's attempt is still going when run 2 takes the job back and runs it again:
     run 1's late success must not overwrite run 2's outcome."""
     release = trio.Event()
@@ -221,7 +222,7 @@ async def test_stale_attempt_completion_is_refused(nursery, tmp_path, slow_autoj
     assert job.result is None and job.rescues == 1
 
 
-async def test_lease_keeper_renews_live_attempts_and_reaper_rescues_lapsed(nursery, tmp_path, slow_autojump_clock):
+async def test_lease_keeper_renews_live_attempts_and_reaper_rescues_lapsed(nursery, tmp_path, autojump_clock):
     engine = await start_engine(nursery, str(tmp_path / "j.db"), {"hang": hang}, visibility_timeout=30)
     live = await engine.submit("hang")
     await engine.wait_state(live, "running", step=0.1)
@@ -240,7 +241,7 @@ async def test_lease_keeper_renews_live_attempts_and_reaper_rescues_lapsed(nurse
     assert orphan_job.state.value == "queued" and orphan_job.rescues == 1 and orphan_job.attempts == 1
 
 
-async def test_reaper_prunes_finished_jobs_past_retention(nursery, tmp_path, slow_autojump_clock):
+async def test_reaper_prunes_finished_jobs_past_retention(nursery, tmp_path, autojump_clock):
     engine = await start_engine(nursery, str(tmp_path / "j.db"), {"noop": noop})
     job_id = await engine.submit("noop")
     await engine.wait_state(job_id, "succeeded")
@@ -249,7 +250,7 @@ async def test_reaper_prunes_finished_jobs_past_retention(nursery, tmp_path, slo
     assert result.pruned == 1 and await engine.job(job_id) is None
 
 
-async def test_progress_is_stored(nursery, tmp_path, slow_autojump_clock):
+async def test_progress_is_stored(nursery, tmp_path, autojump_clock):
     gate = trio.Event()
 
     async def progressing(job):

@@ -27,14 +27,17 @@ READERS = 4  # read connections: WAL lets them run beside the writer
 class ReadPool:
     """A few read-only connections, lent one per thread call."""
 
-    def __init__(self, path: str, size: int = READERS):
+    def __init__(self, path: str, size: int = READERS, run_blocking=None):
         self._path = path
+        self._run_blocking = run_blocking  # see StoreWriter
         self._idle: list[sqlite3.Connection] = []
         self._limiter = trio.CapacityLimiter(size)
 
     async def run(self, fn, *args):
         async with self._limiter:
             conn = self._idle.pop() if self._idle else None
+            if self._run_blocking is not None:
+                return await self._run_blocking(self._call, conn, fn, args)
             return await trio.to_thread.run_sync(self._call, conn, fn, args)
 
     def _call(self, conn, fn, args):

@@ -20,6 +20,7 @@ class NewJob:
     timeout_seconds: float | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    payload: dict | None = None  # the parsed payload, when the caller has it (saves a parse)
 
 
 @attrs.frozen

@@ -7,10 +7,11 @@ state and, for a running job, by the lease (owner, token): a stale attempt chang
 
 from __future__ import annotations
 
+import collections
 import json
 import sqlite3
 
-from jqd.model import Job
+from jqd.model import Job, JobState
 from jqd.store.errors import IdempotencyConflict, InvalidTransition, JobNotFound, QueueFull
 from jqd.store.params import (
     ClaimParams, ClaimResult, CompleteParams, CompleteResult, LeaseRenewParams, ListParams,
@@ -23,7 +24,7 @@ _RETURNING_JOB = f"RETURNING {Job.COLUMNS}"
 _INSERT = (
     "INSERT INTO jobs (type, payload, state, queue, priority, run_at, max_retries, "
     "timeout_seconds, idempotency_key, request_hash, created_at) "
-    "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?) " + _RETURNING_JOB
+    "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -33,28 +34,61 @@ def queued_count(conn: sqlite3.Connection) -> int:
 
 def job_insert_many(conn: sqlite3.Connection, jobs: list[NewJob], now: float,
                     max_queued: int) -> list[tuple[Job, bool]]:
-    """Insert jobs, all or none. Returns (job, created) per request; created is False for a
-    replay of an idempotency key. Raises IdempotencyConflict or QueueFull (nothing written:
-    the writer rolls the savepoint back)."""
+    """Insert jobs, all or none. Returns (job, created) per request, in request order;
+    created is False for a replay of an idempotency key. Raises IdempotencyConflict or
+    QueueFull (nothing written: the writer rolls the savepoint back).
+
+    Runs of jobs without a key go in with one `executemany`; AUTOINCREMENT under the single
+    writer gives them consecutive ids, so the rows are not read back."""
     if queued_count(conn) + len(jobs) > max_queued:
         raise QueueFull()
-    out = []
+    out: list[tuple[Job, bool]] = []
+    run: list[NewJob] = []
     for new in jobs:
-        if new.idempotency_key is not None:
-            row = conn.execute(
-                _SELECT_JOB.replace("SELECT", "SELECT request_hash,", 1) + " WHERE idempotency_key = ?",
-                (new.idempotency_key,)).fetchone()
-            if row is not None:
-                if row[0] != new.request_hash:
-                    raise IdempotencyConflict(new.idempotency_key, row[1])
-                out.append((Job.from_row(row[1:]), False))
-                continue
-        row = conn.execute(_INSERT, (
-            new.type, new.payload_json, new.queue, new.priority,
-            now if new.run_at is None else new.run_at, new.max_retries, new.timeout_seconds,
-            new.idempotency_key, new.request_hash, now)).fetchone()
-        out.append((Job.from_row(row), True))
+        if new.idempotency_key is None:
+            run.append(new)
+            continue
+        _insert_run(conn, run, now, out)
+        run = []
+        row = conn.execute(f"SELECT request_hash, {Job.COLUMNS} FROM jobs WHERE idempotency_key = ?",
+                           (new.idempotency_key,)).fetchone()
+        if row is None:
+            _insert_run(conn, [new], now, out)
+        elif row[0] != new.request_hash:
+            raise IdempotencyConflict(new.idempotency_key, row[1])
+        else:
+            out.append((Job.from_row(row[1:]), False))
+    _insert_run(conn, run, now, out)
+    _count_created(conn, out)
     return out
+
+
+def _insert_run(conn: sqlite3.Connection, run: list[NewJob], now: float, out: list) -> None:
+    if not run:
+        return
+    before = conn.total_changes
+    conn.executemany(_INSERT, [
+        (new.type, new.payload_json, new.queue, new.priority, now if new.run_at is None else new.run_at,
+         new.max_retries, new.timeout_seconds, new.idempotency_key, new.request_hash, now) for new in run])
+    if conn.total_changes - before != len(run):
+        raise AssertionError("insert count mismatch")  # cannot happen: no ON CONFLICT clause
+    first = conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(run) + 1
+    for offset, new in enumerate(run):
+        out.append((_created_job(first + offset, new, now), True))
+
+
+def _created_job(job_id: int, new: NewJob, now: float) -> Job:
+    return Job(id=job_id, type=new.type, payload=new.payload if new.payload is not None else json.loads(new.payload_json),
+               state=JobState.QUEUED, queue=new.queue, priority=new.priority,
+               run_at=now if new.run_at is None else new.run_at, max_retries=new.max_retries, attempts=0,
+               rescues=0, timeout_seconds=new.timeout_seconds, idempotency_key=new.idempotency_key,
+               last_error=None, result=None, progress=None, created_at=now, started_at=None, finished_at=None)
+
+
+def _count_created(conn: sqlite3.Connection, out: list[tuple[Job, bool]]) -> None:
+    per_queue = collections.Counter(job.queue for job, created in out if created)
+    conn.executemany("INSERT INTO job_counts (state, queue, n) VALUES ('queued', ?, ?) "
+                     "ON CONFLICT (state, queue) DO UPDATE SET n = n + excluded.n", per_queue.items())
 
 
 def _claim_candidates(excluded: bool, queue_filter: bool) -> str:

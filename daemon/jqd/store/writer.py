@@ -58,8 +58,12 @@ def storage_error(exc: sqlite3.Error) -> Exception:
 
 
 class StoreWriter:
-    def __init__(self, conn: sqlite3.Connection):
+    """`run_blocking(fn, *args)` runs SQLite work; by default in a worker thread. Unit tests
+    pass an inline runner so that virtual-time tests stay deterministic."""
+
+    def __init__(self, conn: sqlite3.Connection, run_blocking=None):
         self._conn = conn
+        self._run_blocking = run_blocking
         self._send, self._receive = trio.open_memory_channel[_Request](QUEUE_SIZE)
         self._thread_limiter = trio.CapacityLimiter(1)
         self._batches = 0
@@ -88,7 +92,10 @@ class StoreWriter:
                     batch.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            await trio.to_thread.run_sync(self._commit_batch, batch, limiter=self._thread_limiter)
+            if self._run_blocking is None:
+                await trio.to_thread.run_sync(self._commit_batch, batch, limiter=self._thread_limiter)
+            else:
+                await self._run_blocking(self._commit_batch, batch)
             for request in batch:
                 request.done.set()
 
