@@ -45,7 +45,7 @@ class JobContext:
     """What a handler gets: the job's id, type, payload, attempt number and `progress()`.
 
     `progress()` may be called from an async handler or from a thread handler; it never
-    blocks. Only the latest value is kept and written, coalesced, by the worker.
+    blocks. The worker group keeps only the latest value per job and writes it soon after.
     """
 
     id: int
@@ -54,25 +54,20 @@ class JobContext:
     attempt: int
     queue: str
     _trio_token: trio.lowlevel.TrioToken = attrs.field(alias="trio_token", repr=False)
-    _progress_changed: trio.Event = attrs.field(factory=trio.Event, repr=False)
-    _latest_progress: object = attrs.field(default=None, repr=False)
+    _on_progress: Callable[[int, object], None] | None = attrs.field(default=None, alias="on_progress",
+                                                                      repr=False)
 
     def progress(self, value: object) -> None:
-        """Record progress (any JSON value); the worker stores it on the job soon after."""
+        """Record progress (any JSON value); it is stored on the job shortly after."""
         json.dumps(value)  # fail in the handler, where the mistake is, not in the writer
-        self._latest_progress = value
+        if self._on_progress is None:
+            return
         try:
             trio.lowlevel.current_task()
-        except RuntimeError:
-            self._trio_token.run_sync_soon(self._progress_changed.set)
+        except RuntimeError:  # a worker thread: hand it to the event loop
+            self._trio_token.run_sync_soon(self._on_progress, self.id, value)
         else:
-            self._progress_changed.set()
-
-    async def wait_progress(self) -> object:
-        """Used by the worker: wait for the next progress report and return the latest."""
-        await self._progress_changed.wait()
-        self._progress_changed = trio.Event()
-        return self._latest_progress
+            self._on_progress(self.id, value)
 
 
 @attrs.frozen

@@ -50,7 +50,7 @@ class WorkerSettings:
     retry_max: float
 
 
-@attrs.define
+@attrs.define(eq=False)  # hashed by identity: it is the limiter's borrower
 class Attempt:
     job: Job
     scope: trio.CancelScope
@@ -85,6 +85,8 @@ class WorkerGroup:
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
+        self._progress: dict[int, tuple[int, object]] = {}  # job id -> (lease token, latest value)
+        self._progress_wakeup = Wakeup()
 
     # --- what the dispatcher asks ---------------------------------------------------------
     def free_slots(self) -> int:
@@ -96,10 +98,10 @@ class WorkerGroup:
     def start(self, job: Job) -> None:
         """Run a claimed job. The caller checked free_slots(); raises if there is none."""
         assert self._nursery is not None, "WorkerGroup.run has not started"
-        self.limiter.acquire_on_behalf_of_nowait(job.id)
-        self._per_queue[job.queue] = self._per_queue.get(job.queue, 0) + 1
         deadline = trio.current_time() + (job.timeout_seconds or self._settings.job_timeout)
         attempt = Attempt(job, trio.CancelScope(deadline=deadline))
+        self.limiter.acquire_on_behalf_of_nowait(attempt)
+        self._per_queue[job.queue] = self._per_queue.get(job.queue, 0) + 1
         self.attempts[job.id] = attempt
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         self._nursery.start_soon(self._run_attempt, attempt, name=f"job {job.id}")
@@ -147,7 +149,24 @@ class WorkerGroup:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await trio.sleep_forever()
+            await self._flush_progress()
+
+    def _report_progress(self, job_id: int, value: object) -> None:
+        attempt = self.attempts.get(job_id)
+        if attempt is not None:
+            self._progress[job_id] = (attempt.job.lease_token, value)
+            self._progress_wakeup.notify()
+
+    async def _flush_progress(self) -> None:
+        """One task writes every attempt's latest progress; reports arriving meanwhile coalesce."""
+        while True:
+            await self._progress_wakeup.arm().wait()
+            pending, self._progress = self._progress, {}
+            for job_id, (token, value) in pending.items():
+                try:
+                    await self._store.job_progress(job_id, self._run_id, token, json.dumps(value))
+                except StoreError as exc:
+                    log.warning("job %d: progress not stored: %s", job_id, exc)
 
     async def _run_attempt(self, attempt: Attempt) -> None:
         job = attempt.job
@@ -156,7 +175,7 @@ class WorkerGroup:
         params = None
         try:
             with attempt.scope:
-                params = await self._execute(attempt)
+                params = await self._execute(job)
             if params is None and attempt.stop_reason is None:  # the deadline fired
                 timeout = job.timeout_seconds or self._settings.job_timeout
                 params = self._failure(job, f"timed out after {timeout:g} s", permanent=False)
@@ -165,55 +184,39 @@ class WorkerGroup:
                 params = self._params(job, Outcome.INTERRUPTED, error="interrupted by shutdown or drain")
                 self._metrics.interrupted.inc()
             self._metrics.run_time.labels(job.type).observe(clock.now() - started)
+            # Free the slot before the outcome is durable, so that the dispatcher's next claim
+            # shares the outcome's commit. The attempt stays in `attempts` (its lease renewed,
+            # drain and shutdown waiting for it) until the outcome is written.
+            self._release_slot(attempt)
             with trio.move_on_after(FINAL_WRITE_TIMEOUT, shield=True):
                 await self._record(job, params)
-            self._release(job)
+            self._forget(attempt)
 
-    async def _execute(self, attempt: Attempt) -> CompleteParams | None:
-        """Run the handler; returns the outcome to write (None if cancelled through the scope)."""
-        job = attempt.job
+    async def _execute(self, job: Job) -> CompleteParams:
+        """Run the handler and turn its result or exception into the outcome to write.
+        Cancellation (timeout, cancel, interrupt) propagates to the attempt's scope."""
         job_type = self._registry.get(job.type)
         if job_type is None:
             return self._failure(job, f"no handler for job type {job.type!r}", permanent=True)
-        ctx = JobContext(id=job.id, type=job.type, payload=job.payload, attempt=job.attempts,
-                         queue=job.queue, trio_token=trio.lowlevel.current_trio_token())
-        outcome: list[CompleteParams] = []
-
-        async def call() -> None:
-            try:
-                if job_type.is_async:
-                    result = await job_type.run(ctx)
-                else:
-                    result = await trio.to_thread.run_sync(job_type.run, ctx, abandon_on_cancel=True,
-                                                           limiter=self._thread_limiter)
-            except PermanentError as exc:
-                outcome.append(self._failure(job, _describe(exc), permanent=True))
-            except RetryAfter as exc:
-                outcome.append(self._failure(job, _describe(exc), permanent=False, delay=exc.seconds))
-            except Exception as exc:
-                outcome.append(self._failure(job, _describe(exc), permanent=False))
+        ctx = JobContext(id=job.id, type=job.type, payload=job.payload, attempt=job.attempts, queue=job.queue,
+                         trio_token=trio.lowlevel.current_trio_token(), on_progress=self._report_progress)
+        try:
+            if job_type.is_async:
+                result = await job_type.run(ctx)
             else:
-                try:
-                    result_json = json.dumps(result)
-                except (TypeError, ValueError) as exc:  # would fail the same way every time
-                    outcome.append(self._failure(job, f"handler result is not JSON: {exc}", permanent=True))
-                else:
-                    outcome.append(self._params(job, Outcome.SUCCEEDED, result_json=result_json))
-            nursery.cancel_scope.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._flush_progress, ctx, job)
-            nursery.start_soon(call)
-        return outcome[0] if outcome else None
-
-    async def _flush_progress(self, ctx: JobContext, job: Job) -> None:
-        """Write the handler's latest progress, coalescing reports that arrive meanwhile."""
-        while True:
-            value = await ctx.wait_progress()
-            try:
-                await self._store.job_progress(job.id, self._run_id, job.lease_token, json.dumps(value))
-            except StoreError as exc:
-                log.warning("job %d: progress not stored: %s", job.id, exc)
+                result = await trio.to_thread.run_sync(job_type.run, ctx, abandon_on_cancel=True,
+                                                       limiter=self._thread_limiter)
+        except PermanentError as exc:
+            return self._failure(job, _describe(exc), permanent=True)
+        except RetryAfter as exc:
+            return self._failure(job, _describe(exc), permanent=False, delay=exc.seconds)
+        except Exception as exc:
+            return self._failure(job, _describe(exc), permanent=False)
+        try:
+            result_json = json.dumps(result)
+        except (TypeError, ValueError) as exc:  # would fail the same way every time
+            return self._failure(job, f"handler result is not JSON: {exc}", permanent=True)
+        return self._params(job, Outcome.SUCCEEDED, result_json=result_json)
 
     def _params(self, job: Job, outcome: Outcome, **fields) -> CompleteParams:
         return CompleteParams(job_id=job.id, owner=self._run_id, token=job.lease_token, outcome=outcome,
@@ -249,15 +252,21 @@ class WorkerGroup:
                 log.warning("job %d (%s) is dead after %d attempt(s): %s", job.id, job.type,
                             job.attempts, params.error)
 
-    def _release(self, job: Job) -> None:
-        del self.attempts[job.id]
-        self._per_queue[job.queue] -= 1
-        if not self._per_queue[job.queue]:
-            del self._per_queue[job.queue]
-        self.limiter.release_on_behalf_of(job.id)
+    def _release_slot(self, attempt: Attempt) -> None:
+        queue = attempt.job.queue
+        self._per_queue[queue] -= 1
+        if not self._per_queue[queue]:
+            del self._per_queue[queue]
+        self.limiter.release_on_behalf_of(attempt)
+        self._wakeup.notify()
+
+    def _forget(self, attempt: Attempt) -> None:
+        # A rescued job may already run again under a newer attempt: leave that one alone.
+        if self.attempts.get(attempt.job.id) is attempt:
+            del self.attempts[attempt.job.id]
+            self._progress.pop(attempt.job.id, None)
         if not self.attempts:
             self._idle.set()
-        self._wakeup.notify()
 
 
 async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
