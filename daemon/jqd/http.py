@@ -8,6 +8,7 @@ request.
 
 from __future__ import annotations
 
+import collections
 import hmac
 import logging
 
@@ -77,7 +78,7 @@ def _store_error(exc: Exception) -> Response:
 
 
 def create_app(deps: HttpDeps) -> QuartTrio:
-    app = QuartTrio("jqd")
+    app = QuartTrio("jqd", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = deps.max_body
     app.config["JSON_SORT_KEYS"] = False
 
@@ -123,8 +124,8 @@ def create_app(deps: HttpDeps) -> QuartTrio:
         created = [job for job, was_created in results if was_created]
         if created:
             deps.wakeup.notify()
-            for job in created:
-                deps.metrics.submitted.labels(job.type).inc()
+            for type_, n in collections.Counter(job.type for job in created).items():
+                deps.metrics.submitted.labels(type_).inc(n)
         replays = len(results) - len(created)
         if replays:
             deps.metrics.replayed.inc(replays)

@@ -86,8 +86,8 @@ def parse_new_job(body: object, registry: Registry, now: float, where: str = "")
     """Validate one job of a submission; `where` prefixes messages (e.g. "jobs[3].")."""
     if not isinstance(body, dict):
         raise _bad(f"{where.rstrip('.') or 'body'}: expected a JSON object")
-    unknown = sorted(set(body) - JOB_FIELDS)
-    if unknown:
+    if not body.keys() <= JOB_FIELDS:
+        unknown = sorted(set(body) - JOB_FIELDS)
         raise _bad(f"{where}{unknown[0]}: unknown field (allowed: {', '.join(sorted(JOB_FIELDS))})",
                    "unknown_field")
     type_ = body.get("type")
