@@ -73,7 +73,7 @@ class Store:
         return await self.writer.submit(functools.partial(ops.job_claim, params=params))
 
     async def job_complete(self, params: CompleteParams) -> CompleteResult:
-        return await self.writer.submit(functools.partial(ops.job_complete, params=params))
+        return await self.writer.submit_merged(ops.jobs_complete_many, params)
 
     async def job_progress(self, job_id: int, owner: str, token: int, progress_json: str) -> bool:
         return await self.writer.submit(functools.partial(

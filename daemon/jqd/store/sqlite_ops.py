@@ -155,31 +155,44 @@ def job_claim(conn: sqlite3.Connection, params: ClaimParams) -> ClaimResult:
 
 _FENCE = "WHERE id = :id AND state = 'running' AND lease_owner = :owner AND lease_token = :token"
 _CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
-_COMPLETE_SQL = {
-    Outcome.SUCCEEDED: (
-        f"UPDATE jobs SET state = 'succeeded', result = :result, finished_at = :now, last_error = NULL, "
-        f"{_CLEAR_LEASE} {_FENCE} RETURNING state"),
-    Outcome.FAILED: (
-        "UPDATE jobs SET state = CASE WHEN attempts > max_retries THEN 'dead' ELSE 'queued' END, "
-        "finished_at = CASE WHEN attempts > max_retries THEN :now END, "
-        "run_at = CASE WHEN attempts > max_retries THEN run_at ELSE :retry_at END, "
-        f"last_error = :error, {_CLEAR_LEASE} {_FENCE} RETURNING state"),
-    Outcome.PERMANENT: (
-        f"UPDATE jobs SET state = 'dead', finished_at = :now, last_error = :error, {_CLEAR_LEASE} "
-        f"{_FENCE} RETURNING state"),
-    Outcome.INTERRUPTED: (
-        "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0), started_at = NULL, "
-        f"last_error = :error, {_CLEAR_LEASE} {_FENCE} RETURNING state"),
+_DEAD_IF_SPENT = "CASE WHEN attempts > max_retries THEN 'dead' ELSE 'queued' END"
+_OUTCOME_SET = {
+    Outcome.SUCCEEDED: "state = 'succeeded', result = o.r, finished_at = o.t, last_error = NULL",
+    Outcome.FAILED: (f"state = {_DEAD_IF_SPENT}, finished_at = CASE WHEN attempts > max_retries THEN o.t END, "
+                     "run_at = CASE WHEN attempts > max_retries THEN run_at ELSE o.retry END, last_error = o.e"),
+    Outcome.PERMANENT: "state = 'dead', finished_at = o.t, last_error = o.e",
+    Outcome.INTERRUPTED: "state = 'queued', attempts = max(attempts - 1, 0), started_at = NULL, last_error = o.e",
+}
+_COMPLETE_MANY_SQL = {
+    outcome: (
+        f"UPDATE jobs SET {assignments}, {_CLEAR_LEASE} FROM (SELECT "
+        "json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS owner, "
+        "json_extract(value, '$[2]') AS token, json_extract(value, '$[3]') AS t, "
+        "json_extract(value, '$[4]') AS r, json_extract(value, '$[5]') AS e, "
+        "json_extract(value, '$[6]') AS retry FROM json_each(?)) AS o "
+        "WHERE jobs.id = o.id AND jobs.state = 'running' AND jobs.lease_owner = o.owner "
+        "AND jobs.lease_token = o.token RETURNING jobs.id, jobs.state")
+    for outcome, assignments in _OUTCOME_SET.items()
 }
 
 
+def jobs_complete_many(conn: sqlite3.Connection, batch: list[CompleteParams]) -> list[CompleteResult]:
+    """Record attempts' outcomes, each only while its lease still holds: one statement per
+    kind of outcome for the whole batch (the writer merges concurrent completions)."""
+    if len({p.job_id for p in batch}) != len(batch):  # a stale and a fresh attempt of one job
+        return [result for p in batch for result in jobs_complete_many(conn, [p])]
+    written: dict[int, str] = {}
+    for outcome in Outcome:
+        rows = [(p.job_id, p.owner, p.token, p.now, p.result_json, p.error, p.retry_at)
+                for p in batch if p.outcome is outcome]
+        if rows:
+            written.update(conn.execute(_COMPLETE_MANY_SQL[outcome], (orjson.dumps(rows),)).fetchall())
+    return [CompleteResult(accepted=p.job_id in written, state=written.get(p.job_id)) for p in batch]
+
+
 def job_complete(conn: sqlite3.Connection, params: CompleteParams) -> CompleteResult:
-    """Record an attempt's outcome, only while its lease still holds."""
-    row = conn.execute(_COMPLETE_SQL[params.outcome], {
-        "id": params.job_id, "owner": params.owner, "token": params.token, "now": params.now,
-        "result": params.result_json, "error": params.error, "retry_at": params.retry_at,
-    }).fetchone()
-    return CompleteResult(accepted=row is not None, state=row[0] if row else None)
+    """Record one attempt's outcome, only while its lease still holds."""
+    return jobs_complete_many(conn, [params])[0]
 
 
 def job_progress(conn: sqlite3.Connection, job_id: int, owner: str, token: int, progress_json: str) -> bool:

@@ -39,6 +39,22 @@ class _Request:
     done: trio.Event = attrs.field(factory=trio.Event)
     result: object = None
     error: BaseException | None = None
+    item: object = None  # for a merged operation: this caller's element of the list
+
+
+def _merge(batch: list[_Request]) -> list[tuple[Callable, list[_Request]]]:
+    """Group the batch's merged requests by operation, at the place of each group's first."""
+    steps: list[tuple[Callable, list[_Request]]] = []
+    groups: dict[Callable, list[_Request]] = {}
+    for request in batch:
+        if request.item is None:
+            steps.append((request.op, [request]))
+        elif request.op in groups:
+            groups[request.op].append(request)
+        else:
+            groups[request.op] = [request]
+            steps.append((request.op, groups[request.op]))
+    return steps
 
 
 @attrs.frozen
@@ -73,7 +89,15 @@ class StoreWriter:
 
     async def submit(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run `op` in the next group commit; return its result once durable, or raise."""
-        request = _Request(op)
+        return await self._submit(_Request(op))
+
+    async def submit_merged(self, op: Callable[[sqlite3.Connection, list], list], item: object):
+        """Like submit, but requests for the same `op` in one batch run as ONE call
+        `op(conn, [item, ...])` returning one result per item. For single-statement
+        operations that never refuse (completions): they run without a savepoint."""
+        return await self._submit(_Request(op, item=item))
+
+    async def _submit(self, request: _Request):
         await self._send.send(request)
         await request.done.wait()
         if request.error is not None:
@@ -106,10 +130,16 @@ class StoreWriter:
         self._operations += len(batch)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for request in batch:
+            for op, requests in _merge(batch):
+                if requests[0].item is not None:
+                    results = op(conn, [r.item for r in requests])
+                    for request, result in zip(requests, results, strict=True):
+                        request.result = result
+                    continue
+                request = requests[0]
                 conn.execute("SAVEPOINT op")
                 try:
-                    request.result = request.op(conn)
+                    request.result = op(conn)
                 except sqlite3.OperationalError:
                     raise  # full disk, I/O error...: the whole batch fails, nothing is written
                 except Exception as exc:  # an operation's own refusal: its data, not ours
