@@ -30,7 +30,7 @@ from jqd.store.api import Store
 from jqd.store.errors import (
     IdempotencyConflict, InvalidTransition, JobNotFound, QueueFull, StorageFull, StorageUnavailable,
 )
-from jqd.validation import RequestError, canonical_json, parse_batch, parse_json, parse_list_query, parse_new_job
+from jqd.validation import MAX_ID, RequestError, canonical_json, parse_batch, parse_json, parse_list_query, parse_new_job
 from jqd.wakeup import Wakeup
 from jqd.workers import WorkerGroup
 
@@ -97,18 +97,21 @@ def create_app(deps: HttpDeps) -> QuartTrio:
     async def http_error(exc: HTTPException):
         codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         message = exc.description or exc.name
+        headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}  # 405 must say Allow
         if exc.code == 413:
             message = f"request body larger than {deps.max_body} bytes"
-        return _error(exc.code or 500, codes.get(exc.code, "http_error"), message)
+            headers["Connection"] = "close"  # the unread body would otherwise jam the connection
+        return _error(exc.code or 500, codes.get(exc.code, "http_error"), message, headers)
 
     @app.errorhandler(RequestError)
     async def request_error(exc: RequestError):
         return _error(exc.status, exc.code, exc.message)
 
     async def json_body() -> object:
+        body = await request.get_data(cache=False)  # read even when refusing: keeps keep-alive usable
         if request.mimetype != "application/json":
             raise RequestError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
-        return parse_json(await request.get_data(cache=False))
+        return parse_json(body)
 
     def intake_closed() -> Response | None:
         if not deps.state.intake_open:
@@ -155,6 +158,8 @@ def create_app(deps: HttpDeps) -> QuartTrio:
 
     @app.get("/jobs/<int:job_id>")
     async def get_job(job_id: int):
+        if job_id > MAX_ID:  # cannot exist; SQLite could not even compare it
+            return _error(404, "not_found", f"job {job_id} does not exist")
         job = await deps.store.job_get(job_id)
         if job is None:
             return _error(404, "not_found", f"job {job_id} does not exist")
@@ -169,6 +174,8 @@ def create_app(deps: HttpDeps) -> QuartTrio:
 
     @app.post("/jobs/<int:job_id>/cancel")
     async def cancel_job(job_id: int):
+        if job_id > MAX_ID:  # cannot exist; SQLite could not even compare it
+            return _error(404, "not_found", f"job {job_id} does not exist")
         try:
             job = await deps.store.job_cancel(job_id, clock.now())
         except (JobNotFound, InvalidTransition, StorageFull, StorageUnavailable) as exc:
@@ -178,6 +185,8 @@ def create_app(deps: HttpDeps) -> QuartTrio:
 
     @app.post("/jobs/<int:job_id>/retry")
     async def retry_job(job_id: int):
+        if job_id > MAX_ID:  # cannot exist; SQLite could not even compare it
+            return _error(404, "not_found", f"job {job_id} does not exist")
         try:
             job = await deps.store.job_retry(job_id, clock.now())
         except (JobNotFound, InvalidTransition, StorageFull, StorageUnavailable) as exc:

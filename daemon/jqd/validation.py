@@ -22,6 +22,7 @@ from jqd.store.params import ListParams, NewJob
 MAX_DELAY = 10 * 365 * 86400.0  # seconds: the furthest a job may be scheduled
 MAX_TIMEOUT = 7 * 86400.0
 MAX_RETRIES = 100
+MAX_ID = 2**63 - 1  # SQLite's largest INTEGER: no job id can be larger
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 TYPE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 JOB_FIELDS = frozenset({"type", "payload", "max_retries", "idempotency_key", "run_at", "delay_seconds",
@@ -43,11 +44,25 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is beyond the range of a double")
+    return value
+
+
 def parse_json(body: bytes) -> object:
+    """Strict JSON: no NaN/Infinity, no numbers that overflow a double, no lone surrogates
+    (SQLite stores UTF-8, which cannot hold them), bounded nesting."""
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+        if b"\\u" in body:  # only \u escapes can smuggle in a lone surrogate
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return value
     except RecursionError:
         raise _bad("JSON nested too deeply", "malformed_json") from None
+    except UnicodeEncodeError:
+        raise _bad("malformed JSON: a \\u escape encodes a lone surrogate, which is not text", "malformed_json") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise _bad(f"malformed JSON: {exc}", "malformed_json") from None
 
@@ -116,6 +131,8 @@ def parse_new_job(body: object, registry: Registry, now: float, where: str = "")
             raise _bad(f"{where}run_at: {exc}") from None
         if run_at > now + MAX_DELAY:
             raise _bad(f"{where}run_at: more than 10 years ahead")
+        if run_at < 0:
+            raise _bad(f"{where}run_at: before 1970-01-01T00:00:00Z")
     elif "delay_seconds" in body:
         run_at = now + _number(body, "delay_seconds", 0, MAX_DELAY, where)
     timeout = None
@@ -161,6 +178,6 @@ def parse_list_query(args) -> ListParams:
         raise _bad("limit and after: expected integers") from None
     if not 1 <= limit <= 1000:
         raise _bad("limit: from 1 to 1000")
-    if after is not None and after < 1:
+    if after is not None and not 1 <= after <= MAX_ID:
         raise _bad("after: a job id (positive integer)")
     return ListParams(state=state, type=args.get("type"), queue=args.get("queue"), limit=limit, after=after)

@@ -8,7 +8,7 @@ SQL-looking strings) and checks that it never answers 5xx and still serves after
 
 These are plain sync tests (pytest-trio's trio_mode only touches async ones). Generation is
 derandomized, so CI sees the same inputs every run. Inputs that hit a known server bug are
-filtered out of the generators; each such bug has its own strict xfail test at the bottom.
+filtered out of the generators; each such bug, since fixed, has its own regression test at the bottom.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def strict_json(text: str) -> object:
     return json.loads(text, parse_constant=refuse)
 
 
-# --- known server bugs, kept out of the generators (see the xfail tests) -----------------------
+# --- inputs of bugs found here (now fixed, see the regression tests) stay out of the generators ---
 
 def _ancient_run_at(value: object) -> bool:
     """run_at whose UTC instant is before year 1000: 500 (year < 1) or a non-RFC 3339 echo."""
@@ -240,11 +240,8 @@ def test_hostile_create_job_bodies_never_break_the_daemon(start_jqd):
                        for ascii_ in (True, False)), response.text
 
 
-# --- server bugs found by these tests (strict: they fail loudly once fixed) ----------------------
+# --- server bugs found by these tests, fixed: regression tests ------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: an id beyond SQLite's 64-bit INTEGER reaches sqlite3 and raises OverflowError -> 500 "
-    "(werkzeug's <int:job_id> and validation.parse_list_query's int() have no upper bound); should be 404/400"))
 def test_ids_beyond_int64_are_refused_not_500(start_jqd):
     d = start(start_jqd)
     huge = 2**63
@@ -254,10 +251,6 @@ def test_ids_beyond_int64_are_refused_not_500(start_jqd):
     assert all(status < 500 for status in answers.values()), answers
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: run_at 0001-01-01T00:00:00+14:00 (UTC instant in year 0) is accepted and committed, then "
-    "model.format_time raises 'year 0 is out of range' -> 500, and from then on GET /jobs and GET /jobs/{id} "
-    "answer 500 for as long as the job exists; validation.parse_new_job needs a lower bound on run_at"))
 def test_run_at_in_year_one_does_not_break_the_api(start_jqd):
     d = start(start_jqd)
     with d.client() as client:
@@ -267,20 +260,19 @@ def test_run_at_in_year_one_does_not_break_the_api(start_jqd):
         assert client.get("/jobs").status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: model.format_time uses strftime('%Y'), which glibc does not zero-pad, so run_at "
-    "0333-08-31T13:54:54Z is echoed as '333-08-31T13:54:54.000000Z' (not RFC 3339)"))
-def test_run_at_before_year_1000_is_echoed_as_rfc3339(start_jqd):
+def test_run_at_before_1970_is_refused(start_jqd):
+    """Found here: run_at in year 1 made listing fail, and years before 1000 came back without
+    zero padding. jqd now refuses run_at before the Unix epoch with 400."""
     d = start(start_jqd)
     with d.client() as client:
-        response = client.post("/createJob", json={"type": "noop", "payload": {}, "run_at": "0333-08-31T13:54:54Z"})
-    assert response.status_code == 201
-    assert RFC3339_UTC.match(response.json()["run_at"]), response.json()["run_at"]
+        for run_at in ("0333-08-31T13:54:54Z", "1969-12-31T23:59:59Z"):
+            response = client.post("/createJob", json={"type": "noop", "payload": {}, "run_at": run_at})
+            assert response.status_code == 400, response.text
+            assert response.json()["code"] == "invalid_field"
+        ok = client.post("/createJob", json={"type": "noop", "payload": {}, "run_at": "1970-01-01T00:00:00Z"})
+        assert ok.status_code == 201 and RFC3339_UTC.match(ok.json()["run_at"]), ok.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: a lone surrogate escape (\\ud800) is valid JSON and passes validation in idempotency_key or in "
-    "unchecked payload values (webhook 'json'), then sqlite3 cannot encode it as UTF-8 -> 500; it should be 400"))
 def test_lone_surrogates_are_refused_not_500(start_jqd):
     d = start(start_jqd)
     hook = '{"url":"http://127.0.0.1:9/","json":"\\ud800"}'
@@ -291,11 +283,6 @@ def test_lone_surrogates_are_refused_not_500(start_jqd):
     assert all(status < 500 for status in answers), answers
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: 1e400 parses to float('inf') and, in an unchecked payload value (webhook 'json'), passes "
-    "validation; validation.canonical_json (orjson) then stores it as null, so the job runs with another "
-    "payload than the one submitted (before orjson it was echoed as the non-JSON token Infinity). "
-    "validation.parse_json should refuse non-finite numbers with 400 as it does NaN/Infinity"))
 def test_numbers_beyond_double_are_refused(start_jqd):
     d = start(start_jqd)
     body = '{"type":"webhook","payload":{"url":"http://127.0.0.1:9/","json":1e400}}'
@@ -307,9 +294,6 @@ def test_numbers_beyond_double_are_refused(start_jqd):
     assert response.status_code == 400, response.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: http.py's HTTPException handler rebuilds the 405 response without the Allow header that "
-    "werkzeug's MethodNotAllowed carries (RFC 9110 15.5.6: MUST); pass exc.get_headers()' Allow through"))
 def test_405_lists_allowed_methods(start_jqd):
     d = start(start_jqd)
     with d.client() as client:
@@ -318,11 +302,6 @@ def test_405_lists_allowed_methods(start_jqd):
     assert response.headers.get("Allow", "").replace(" ", "").split(",").count("POST") == 1, response.headers
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: a request answered before its body is read (413 always here, 415 often) leaves the "
-    "keep-alive connection neither closed nor usable: hypercorn 0.18 never answers the next request on it, "
-    "so pooling clients (httpx, requests) hang until their timeout. http.py should drain the body before "
-    "a 415 and send `Connection: close` with a 413 (or with any response sent before reading the body)"))
 def test_connection_survives_an_unread_body(start_jqd):
     d = start(start_jqd)
     too_large = b'{"type":"noop","payload":{}}' + b" " * (1 << 20)

@@ -81,9 +81,6 @@ def test_every_app_route_is_documented_and_vice_versa(doc):
     assert app == documented_routes(doc)
 
 
-@pytest.mark.xfail(strict=True, reason="server quirk: QuartTrio('jqd') keeps Quart's default static route "
-                                       "GET /static/<path:filename> (serves daemon/jqd/static/ if it ever exists); "
-                                       "create_app should pass static_folder=None")
 def test_app_has_no_undocumented_route(doc):
     assert app_routes() == documented_routes(doc)
 
