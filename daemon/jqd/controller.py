@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import trio
 
 from jqd import clock
-from jqd import __version__
+from jqd import __version__, faults
 from jqd_ctl.wire import ControlError
 from jqd.model import format_time
 from jqd.runstate import GLOBAL, Mode, Pause, RunState
@@ -70,6 +70,7 @@ class Controller:
         if self._state.mode is Mode.STOPPING:
             raise ControlError("stopping", "jqd is shutting down")
         self._state.set_mode(Mode.DRAINING)
+        faults.hit("drain")
         deadline = trio.current_time() + (timeout if timeout is not None else float("inf"))
         while self._workers.attempts and trio.current_time() < deadline:
             yield await self._progress()

@@ -18,6 +18,7 @@ import socket
 import sqlite3
 from importlib import resources
 
+from jqd import faults
 from jqd.store.errors import DatabaseCorrupt, DatabaseLocked
 
 log = logging.getLogger("jqd.store")
@@ -114,6 +115,7 @@ def migrate(conn: sqlite3.Connection) -> int:
         try:
             for statement in _statements(sql):
                 conn.execute(statement)
+                faults.hit("migrate.step")
             conn.execute(f"PRAGMA user_version = {number}")
             conn.execute("COMMIT")
         except BaseException:

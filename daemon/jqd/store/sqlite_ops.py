@@ -13,6 +13,7 @@ import sqlite3
 
 import orjson
 
+from jqd import faults
 from jqd.model import Job, JobState
 from jqd.store.errors import IdempotencyConflict, InvalidTransition, JobNotFound, QueueFull
 from jqd.store.params import (
@@ -131,6 +132,8 @@ def job_claim(conn: sqlite3.Connection, params: ClaimParams) -> ClaimResult:
     base = {"now": params.now, "owner": params.owner, "token": params.token,
             "expires": params.lease_expires_at, "excluded": json.dumps(excluded)}
     rows = conn.execute(_CLAIM_SQL[(bool(excluded), False)], {**base, "limit": params.limit}).fetchall()
+    if rows:
+        faults.hit("claim")
     room = params.limit - len(rows)
     for queue, free in sorted(params.queue_limits.items()):
         if room <= 0:
@@ -187,6 +190,7 @@ def jobs_complete_many(conn: sqlite3.Connection, batch: list[CompleteParams]) ->
                 for p in batch if p.outcome is outcome]
         if rows:
             written.update(conn.execute(_COMPLETE_MANY_SQL[outcome], (orjson.dumps(rows),)).fetchall())
+            faults.hit("complete.retry" if outcome is Outcome.FAILED else "complete")
     return [CompleteResult(accepted=p.job_id in written, state=written.get(p.job_id)) for p in batch]
 
 

@@ -24,6 +24,7 @@ from typing import TypeVar
 import attrs
 import trio
 
+from jqd import faults
 from jqd.store.errors import StorageFull, StorageUnavailable
 
 log = logging.getLogger("jqd.store")
@@ -146,7 +147,9 @@ class StoreWriter:
                     conn.execute("ROLLBACK TO op")
                     request.error = exc
                 conn.execute("RELEASE op")
+            faults.hit("commit.before")
             conn.execute("COMMIT")
+            faults.hit("commit.after")
         except sqlite3.Error as exc:
             self._failed_batches += 1
             if self.writable:
