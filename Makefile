@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Crash campaign: SIGKILLs a loaded daemon at random moments (see docs/RELIABILITY.md).
+chaos: $(STAMP)
+	$(BIN)/python tests/chaos/harness.py $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) var
