@@ -16,7 +16,7 @@ import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -103,12 +103,22 @@ def create_app(deps: HttpDeps) -> QuartTrio:
             headers["Connection"] = "close"  # the unread body would otherwise jam the connection
         return _error(exc.code or 500, codes.get(exc.code, "http_error"), message, headers)
 
+    @app.after_request
+    async def close_if_body_unread(response: Response) -> Response:
+        """An answer sent before the request body was read (401, 404, 405, 429, 503...) closes
+        the connection: hypercorn cannot serve the next request behind an unread body."""
+        if response.status_code >= 400 and not g.get("body_read") and (
+                request.headers.get("Transfer-Encoding") or request.headers.get("Content-Length", "0") != "0"):
+            response.headers["Connection"] = "close"
+        return response
+
     @app.errorhandler(RequestError)
     async def request_error(exc: RequestError):
         return _error(exc.status, exc.code, exc.message)
 
     async def json_body() -> object:
         body = await request.get_data(cache=False)  # read even when refusing: keeps keep-alive usable
+        g.body_read = True
         if request.mimetype != "application/json":
             raise RequestError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
         return parse_json(body)

@@ -42,6 +42,8 @@ def log_rescue(result: RescueResult, why: str) -> None:
 
 async def reap_once(store: Store, workers: WorkerGroup, metrics: Metrics, retention: float) -> ReapResult:
     now = clock.now()
+    if not store.writable:
+        await store.write_probe()  # so /readyz turns 200 again by itself once space returns
     rescued = await store.leases_reap(now)
     for job_id in (*rescued.requeued, *rescued.dead):
         workers.stop(job_id, "lease_lost")

@@ -98,6 +98,10 @@ class Store:
         return await self.writer.submit(functools.partial(ops.jobs_prune, finished_before=finished_before,
                                                           limit=limit))
 
+    async def write_probe(self) -> None:
+        """After a failed write: check whether writes succeed again (flips `writable`)."""
+        await self.writer.submit(ops.write_probe)
+
     async def pause_set(self, queue: str, reason: str | None, now: float) -> None:
         await self.writer.submit(functools.partial(ops.pause_set, queue=queue, reason=reason, now=now))
 

@@ -42,6 +42,10 @@ class DatabaseLock:
 
     def __init__(self, db_path: str, run_id: str):
         self.path = db_path + ".lock"
+        directory = os.path.dirname(os.path.abspath(db_path))
+        if not os.path.isdir(directory):
+            raise DatabaseCorrupt(f"the directory of the database does not exist: {directory} "
+                                  "(create it, or point --db / JQD_DB elsewhere)")
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -85,6 +89,7 @@ def open_database(path: str, max_bytes: int | None = None) -> sqlite3.Connection
             if check != [("ok",)]:
                 raise DatabaseCorrupt(f"{path} failed its integrity check: {check[:3]}; "
                                       "it was left untouched (restore it from a backup)")
+        _check_is_jqd(conn, path)  # before anything below may write to a foreign file
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
             raise DatabaseCorrupt(f"{path}: could not switch to WAL mode (got {mode})")
@@ -100,13 +105,20 @@ def open_database(path: str, max_bytes: int | None = None) -> sqlite3.Connection
     return conn
 
 
+def _check_is_jqd(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a database from a newer jqd, or a SQLite file that is not jqd's, untouched."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise DatabaseCorrupt(f"{path}: database schema v{version} is newer than this jqd (v{SCHEMA_VERSION}); "
+                              "it was left untouched")
+    if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        raise DatabaseCorrupt(f"{path} is a SQLite database but not a jqd one (unknown tables, no version); "
+                              "it was left untouched")
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply pending migrations; each runs with its version bump in one transaction."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise DatabaseCorrupt(f"database schema v{version} is newer than this jqd (v{SCHEMA_VERSION})")
-    if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-        raise DatabaseCorrupt("the file is a SQLite database but not a jqd one (unknown tables, no version)")
     for number, sql in MIGRATIONS:
         if number <= version:
             continue

@@ -272,6 +272,18 @@ def jobs_prune(conn: sqlite3.Connection, finished_before: float, limit: int) -> 
     return cur.rowcount
 
 
+def write_probe(conn: sqlite3.Connection) -> None:
+    """Try to write a typical job row, then roll it back: raises SQLITE_FULL (failing the
+    batch) while the database cannot grow, succeeds once space is back."""
+    conn.execute("SAVEPOINT probe")
+    try:
+        conn.execute("INSERT INTO jobs (type, payload, state, queue, run_at, created_at) "
+                     "VALUES ('probe', ?, 'cancelled', 'probe', 0, 0)", ("0" * 2048,))
+    finally:
+        conn.execute("ROLLBACK TO probe")
+        conn.execute("RELEASE probe")
+
+
 def pause_set(conn: sqlite3.Connection, queue: str, reason: str | None, now: float) -> None:
     conn.execute("INSERT INTO pauses (queue, reason, paused_at) VALUES (?, ?, ?) "
                  "ON CONFLICT (queue) DO UPDATE SET reason = excluded.reason, paused_at = excluded.paused_at",

@@ -127,6 +127,7 @@ class StoreWriter:
     def _commit_batch(self, batch: list[_Request]) -> None:
         """Runs in the writer thread: one transaction, a savepoint per operation."""
         conn = self._conn
+        changes_before = conn.total_changes
         self._batches += 1
         self._operations += len(batch)
         try:
@@ -164,6 +165,6 @@ class StoreWriter:
             for request in batch:
                 request.result, request.error = None, failure
             return
-        if not self.writable:
+        if not self.writable and conn.total_changes > changes_before:  # a commit that wrote something
             log.warning("store writes succeed again")
-        self.writable = True
+            self.writable = True
