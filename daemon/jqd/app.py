@@ -133,15 +133,14 @@ async def _serve(config, run_id, started_at, conn, reads, task_status) -> None:
                 await engine.start(lambda task_status: reaper.run(
                     store, workers, metrics, visibility_timeout=config.visibility_timeout,
                     retention=config.retention, task_status=task_status))
-                http_closed = trio.Event()
                 async with trio.open_nursery() as front:
                     app = http.create_app(http.HttpDeps(
                         store=store, registry=registry, state=state, workers=workers, wakeup=wakeup,
                         metrics=metrics, api_token=config.api_token, max_body=config.max_body,
                         max_batch=config.max_batch, started_at=started_at))
                     stop_http = trio.Event()
-                    port = await front.start(_serve_http, app, config, stop_http, http_closed)
-                    controller = Controller(store, state, workers, started_at=started_at)
+                    port = await front.start(_serve_http, app, config, stop_http)
+                    controller = Controller(store, state, workers, dispatcher, started_at=started_at)
                     socket_path = await front.start(lambda task_status: control_server.serve(
                         config.control_socket, controller, group=config.control_group, task_status=task_status))
                     await front.start(signals.watch, shutdown)
@@ -156,24 +155,21 @@ async def _serve(config, run_id, started_at, conn, reads, task_status) -> None:
                     task_status.started(Running(port, socket_path, run_id))
 
                     await shutdown.requested.wait()
-                    await _shut_down(config, state, workers, notifier, shutdown)
-                    stop_http.set()
+                    await _shut_down(config, state, workers, dispatcher, notifier, shutdown)
+                    stop_http.set()  # stop accepting; let requests in flight finish, then close
                     with trio.move_on_after(HTTP_CLOSE_TIMEOUT):
-                        await http_closed.wait()
+                        await app.wait_idle()
                     front.cancel_scope.cancel()
                 engine.cancel_scope.cancel()
             root.cancel_scope.cancel()
     log.info("jqd stopped")
 
 
-async def _serve_http(app, config: Config, stop: trio.Event, closed: trio.Event, *,
-                      task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def _serve_http(app, config: Config, stop: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     try:
         await http.serve(app, config.bind_host, config.bind_port, stop, task_status=task_status)
     except OSError as exc:
         raise StartupError(f"cannot listen on {config.bind_host}:{config.bind_port}: {exc.strerror or exc}") from exc
-    finally:
-        closed.set()
 
 
 async def _report_status(notifier, state: RunState, workers: WorkerGroup) -> None:
@@ -188,9 +184,11 @@ async def _report_status(notifier, state: RunState, workers: WorkerGroup) -> Non
         await trio.sleep(STATUS_EVERY)
 
 
-async def _shut_down(config: Config, state: RunState, workers: WorkerGroup, notifier, shutdown) -> None:
+async def _shut_down(config: Config, state: RunState, workers: WorkerGroup, dispatcher: Dispatcher,
+                     notifier, shutdown) -> None:
     """Stop intake and claiming, give running jobs the grace, re-queue what still runs."""
     state.set_mode(Mode.STOPPING)
+    await dispatcher.wait_no_claim()  # a job claimed just now gets the grace like the others
     running = len(workers.attempts)
     log.info("shutting down: %d job(s) running, grace %g s", running, config.shutdown_grace)
     if notifier:

@@ -16,6 +16,7 @@ from jqd import clock
 from jqd import __version__, faults
 from jqd_ctl.wire import ControlError
 from jqd.model import format_time
+from jqd.dispatcher import Dispatcher
 from jqd.runstate import GLOBAL, Mode, Pause, RunState
 from jqd.store.api import Store
 from jqd.workers import WorkerGroup
@@ -24,10 +25,12 @@ PROGRESS_EVERY = 0.5  # seconds between drain progress lines (a report to a huma
 
 
 class Controller:
-    def __init__(self, store: Store, state: RunState, workers: WorkerGroup, *, started_at: float):
+    def __init__(self, store: Store, state: RunState, workers: WorkerGroup, dispatcher: Dispatcher, *,
+                 started_at: float):
         self._store = store
         self._state = state
         self._workers = workers
+        self._dispatcher = dispatcher
         self._started_at = started_at
 
     async def status(self) -> dict:
@@ -60,6 +63,8 @@ class Controller:
         return await self.status()
 
     async def resume(self, queue: str | None) -> dict:
+        if queue == GLOBAL:
+            raise ControlError("bad_arguments", f"{GLOBAL!r} is not a queue name")
         await self._store.pause_clear(queue)
         self._state.clear_pause(queue)
         if queue is None and self._state.mode in (Mode.DRAINING, Mode.DRAINED):
@@ -71,15 +76,20 @@ class Controller:
             raise ControlError("stopping", "jqd is shutting down")
         self._state.set_mode(Mode.DRAINING)
         faults.hit("drain")
+        await self._dispatcher.wait_no_claim()  # a job claimed just now counts as running
         deadline = trio.current_time() + (timeout if timeout is not None else float("inf"))
-        while self._workers.attempts and trio.current_time() < deadline:
+        while self._draining() and self._workers.attempts and trio.current_time() < deadline:
             yield await self._progress()
             with trio.move_on_at(min(deadline, trio.current_time() + PROGRESS_EVERY)):
                 await self._workers.wait_idle()
-        returned = await self._workers.finish_running(0)
-        if self._state.mode is Mode.DRAINING:
+        returned = []
+        if self._draining():  # not resumed (or stopped) meanwhile: the timeout is ours to apply
+            returned = await self._workers.finish_running(0)
             self._state.set_mode(Mode.DRAINED)
         yield {"state": self._label(), "returned": returned}
+
+    def _draining(self) -> bool:
+        return self._state.mode is Mode.DRAINING
 
     async def _progress(self) -> dict:
         queued = sum(n for state, _q, n in await self._store.counts() if state == "queued")

@@ -43,6 +43,13 @@ class Dispatcher:
         self._tokens = itertools.count(1)
         self.loops = 0  # completed wake-ups; the watchdog checks it advances
         self.waiting = False  # True while idle, waiting for an event
+        self._claim_done = trio.Event()  # set while no claim is in flight
+        self._claim_done.set()
+
+    async def wait_no_claim(self) -> None:
+        """Wait until no claim is in flight. Drain and shutdown call it after they stopped
+        claiming, so that a job claimed just before is counted as running, not missed."""
+        await self._claim_done.wait()
 
     async def dispatch_once(self) -> tuple[int, float | None]:
         """Claim for the free slots and start the jobs. Returns (started, next_run_at).
@@ -61,9 +68,13 @@ class Dispatcher:
             excluded_queues=self._state.paused_queues | {q for q, n in queue_free.items() if n <= 0},
             queue_limits={q: n for q, n in queue_free.items() if n > 0},
         )
-        result = await self._store.job_claim(params)
-        for job in result.jobs:
-            self._workers.start(job)
+        self._claim_done = trio.Event()
+        try:
+            result = await self._store.job_claim(params)
+            for job in result.jobs:
+                self._workers.start(job)
+        finally:
+            self._claim_done.set()
         if len(result.jobs) == free:
             return len(result.jobs), now
         return len(result.jobs), result.next_run_at

@@ -77,7 +77,38 @@ def _store_error(exc: Exception) -> Response:
     raise exc
 
 
-def create_app(deps: HttpDeps) -> QuartTrio:
+class InFlight:
+    """ASGI wrapper counting HTTP exchanges in flight, so shutdown can close the server as
+    soon as none is (idle keep-alive connections do not hold the exit)."""
+
+    def __init__(self, app: QuartTrio):
+        self.app = app
+        self.count = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.count += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+def create_app(deps: HttpDeps) -> InFlight:
+    return InFlight(_create_quart_app(deps))
+
+
+def _create_quart_app(deps: HttpDeps) -> QuartTrio:
     app = QuartTrio("jqd", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = deps.max_body
     app.config["JSON_SORT_KEYS"] = False
@@ -104,12 +135,16 @@ def create_app(deps: HttpDeps) -> QuartTrio:
         return _error(exc.code or 500, codes.get(exc.code, "http_error"), message, headers)
 
     @app.after_request
-    async def close_if_body_unread(response: Response) -> Response:
-        """An answer sent before the request body was read (401, 404, 405, 429, 503...) closes
-        the connection: hypercorn cannot serve the next request behind an unread body."""
-        if response.status_code >= 400 and not g.get("body_read") and (
+    async def read_unread_body(response: Response) -> Response:
+        """An answer decided before the request body was read (401, 404, 405, 429, 503...)
+        reads it first (bounded by the body limit): hypercorn cannot serve the next request
+        on a keep-alive connection behind an unread body."""
+        if not g.get("body_read") and (
                 request.headers.get("Transfer-Encoding") or request.headers.get("Content-Length", "0") != "0"):
-            response.headers["Connection"] = "close"
+            try:
+                await request.get_data(cache=False)
+            except HTTPException:  # larger than the limit: give up on this connection instead
+                response.headers["Connection"] = "close"
         return response
 
     @app.errorhandler(RequestError)
@@ -246,7 +281,7 @@ def create_app(deps: HttpDeps) -> QuartTrio:
     return app
 
 
-async def serve(app: QuartTrio, host: str, port: int, shutdown: trio.Event, *,
+async def serve(app: InFlight, host: str, port: int, shutdown: trio.Event, *,
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve until `shutdown` is set; then stop accepting and close connections gracefully."""
     config = HypercornConfig()

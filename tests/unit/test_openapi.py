@@ -56,7 +56,7 @@ def app_routes() -> set[tuple[str, str]]:
                     api_token=None, max_body=1 << 20, max_batch=1000, started_at=0.0)
     app = create_app(deps)
     routes = set()
-    for rule in app.url_map.iter_rules():
+    for rule in app.app.url_map.iter_rules():  # create_app wraps the Quart app (InFlight)
         path = re.sub(r"<(?:[a-z]+:)?[a-z_]+>", "{}", rule.rule)
         routes |= {(path, method.lower()) for method in rule.methods - IMPLICIT}
     return routes
