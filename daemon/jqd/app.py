@@ -108,7 +108,7 @@ def _close(reads: ReadPool, conn) -> None:
 async def _serve(config, run_id, started_at, conn, reads, task_status) -> None:
     notifier = systemd.Notifier.from_environ(os.environ)
     writer = StoreWriter(conn)
-    store = Store(writer, reads, config.max_queued)
+    store = Store(writer, reads, config.max_queued, reserve_pages=_reserve_pages(config.max_db_bytes))
     wakeup = Wakeup()
     metrics = Metrics()
     shutdown = signals.ShutdownRequest()
@@ -198,6 +198,15 @@ async def _shut_down(config: Config, state: RunState, workers: WorkerGroup, disp
     returned = await workers.finish_running(config.shutdown_grace, shutdown.hurry)
     if returned:
         log.warning("returned %d interrupted job(s) to queued: %s", len(returned), returned)
+
+
+def _reserve_pages(max_db_bytes: int | None) -> int | None:
+    """Under JQD_MAX_DB_BYTES, intake stops 5% (at least 16 pages) short of the cap, so that
+    claims, completions and pruning always have room to free space again."""
+    if max_db_bytes is None:
+        return None
+    pages = max_db_bytes // 4096
+    return max(16, pages // 20)
 
 
 def _progress_probe(dispatcher: Dispatcher):

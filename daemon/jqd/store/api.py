@@ -55,10 +55,11 @@ class ReadPool:
 
 
 class Store:
-    def __init__(self, writer: StoreWriter, reads: ReadPool, max_queued: int):
+    def __init__(self, writer: StoreWriter, reads: ReadPool, max_queued: int, reserve_pages: int | None = None):
         self.writer = writer
         self._reads = reads
         self._max_queued = max_queued
+        self._reserve_pages = reserve_pages  # with a size cap: pages kept for processing
 
     @property
     def writable(self) -> bool:
@@ -67,7 +68,8 @@ class Store:
     # --- writes: durable when they return -------------------------------------------------
     async def jobs_insert(self, jobs: list[NewJob], now: float) -> list[tuple[Job, bool]]:
         return await self.writer.submit(functools.partial(ops.job_insert_many, jobs=jobs, now=now,
-                                                          max_queued=self._max_queued))
+                                                          max_queued=self._max_queued,
+                                                          reserve_pages=self._reserve_pages))
 
     async def job_claim(self, params: ClaimParams) -> ClaimResult:
         return await self.writer.submit(functools.partial(ops.job_claim, params=params))
@@ -100,7 +102,7 @@ class Store:
 
     async def write_probe(self) -> None:
         """After a failed write: check whether writes succeed again (flips `writable`)."""
-        await self.writer.submit(ops.write_probe)
+        await self.writer.submit(functools.partial(ops.write_probe, reserve_pages=self._reserve_pages))
 
     async def pause_set(self, queue: str, reason: str | None, now: float) -> None:
         await self.writer.submit(functools.partial(ops.pause_set, queue=queue, reason=reason, now=now))

@@ -15,7 +15,7 @@ import orjson
 
 from jqd import faults
 from jqd.model import Job, JobState
-from jqd.store.errors import IdempotencyConflict, InvalidTransition, JobNotFound, QueueFull
+from jqd.store.errors import IdempotencyConflict, InvalidTransition, JobNotFound, QueueFull, StorageFull
 from jqd.store.params import (
     ClaimParams, ClaimResult, CompleteParams, CompleteResult, LeaseRenewParams, ListParams,
     NewJob, Outcome, RescueResult,
@@ -38,8 +38,17 @@ def queued_count(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT coalesce(sum(n), 0) FROM job_counts WHERE state = 'queued'").fetchone()[0]
 
 
+def check_headroom(conn: sqlite3.Connection, reserve_pages: int) -> None:
+    """Refuse intake while fewer than `reserve_pages` pages are left under max_page_count:
+    the reserve is for claims, completions and pruning, which are what frees space."""
+    cap = conn.execute("PRAGMA max_page_count").fetchone()[0]
+    used = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+    if cap - used < reserve_pages:
+        raise StorageFull("the database is full (JQD_MAX_DB_BYTES): nothing was written")
+
+
 def job_insert_many(conn: sqlite3.Connection, jobs: list[NewJob], now: float,
-                    max_queued: int) -> list[tuple[Job, bool]]:
+                    max_queued: int, reserve_pages: int | None = None) -> list[tuple[Job, bool]]:
     """Insert jobs, all or none. Returns (job, created) per request, in request order;
     created is False for a replay of an idempotency key. Raises IdempotencyConflict or
     QueueFull (nothing written: the writer rolls the savepoint back).
@@ -48,6 +57,8 @@ def job_insert_many(conn: sqlite3.Connection, jobs: list[NewJob], now: float,
     writer gives them consecutive ids, so the rows are not read back."""
     if queued_count(conn) + len(jobs) > max_queued:
         raise QueueFull()
+    if reserve_pages is not None:
+        check_headroom(conn, reserve_pages)
     out: list[tuple[Job, bool]] = []
     run: list[NewJob] = []
     for new in jobs:
@@ -272,9 +283,11 @@ def jobs_prune(conn: sqlite3.Connection, finished_before: float, limit: int) -> 
     return cur.rowcount
 
 
-def write_probe(conn: sqlite3.Connection) -> None:
-    """Try to write a typical job row, then roll it back: raises SQLITE_FULL (failing the
-    batch) while the database cannot grow, succeeds once space is back."""
+def write_probe(conn: sqlite3.Connection, reserve_pages: int | None = None) -> None:
+    """Try to write a typical job row, then roll it back: raises SQLITE_FULL (or StorageFull
+    within the intake headroom) while intake could not fit, succeeds once space is back."""
+    if reserve_pages is not None:
+        check_headroom(conn, reserve_pages)
     conn.execute("SAVEPOINT probe")
     try:
         conn.execute("INSERT INTO jobs (type, payload, state, queue, run_at, created_at) "

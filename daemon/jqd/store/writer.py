@@ -125,28 +125,44 @@ class StoreWriter:
                 request.done.set()
 
     def _commit_batch(self, batch: list[_Request]) -> None:
-        """Runs in the writer thread: one transaction, a savepoint per operation."""
+        """Runs in the writer thread: one transaction, a savepoint per step.
+
+        A step that finds the database full fails alone (its savepoint is rolled back) while
+        SQLite keeps the transaction: claims and completions, which free space by letting
+        jobs finish and be pruned, must not be starved by intake that cannot fit. Any other
+        SQLite error, or a full database that cost the transaction, fails the whole batch."""
         conn = self._conn
         changes_before = conn.total_changes
         self._batches += 1
         self._operations += len(batch)
+        full = False
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, requests in _merge(batch):
-                if requests[0].item is not None:
-                    results = op(conn, [r.item for r in requests])
-                    for request, result in zip(requests, results, strict=True):
-                        request.result = result
-                    continue
-                request = requests[0]
                 conn.execute("SAVEPOINT op")
                 try:
-                    request.result = op(conn)
-                except sqlite3.OperationalError:
-                    raise  # full disk, I/O error...: the whole batch fails, nothing is written
+                    if requests[0].item is not None:
+                        results = op(conn, [r.item for r in requests])
+                        for request, result in zip(requests, results, strict=True):
+                            request.result = result
+                    else:
+                        requests[0].result = op(conn)
+                except sqlite3.OperationalError as exc:
+                    if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL or not conn.in_transaction:
+                        raise  # I/O error, read-only file, or the transaction is gone: all fail
+                    conn.execute("ROLLBACK TO op")
+                    full = True
+                    for request in requests:
+                        request.result, request.error = None, storage_error(exc)
+                except StorageFull as exc:  # refused by the operation itself (intake headroom)
+                    conn.execute("ROLLBACK TO op")
+                    full = True
+                    for request in requests:
+                        request.result, request.error = None, exc
                 except Exception as exc:  # an operation's own refusal: its data, not ours
                     conn.execute("ROLLBACK TO op")
-                    request.error = exc
+                    for request in requests:
+                        request.result, request.error = None, exc
                 conn.execute("RELEASE op")
             faults.hit("commit.before")
             conn.execute("COMMIT")
@@ -164,6 +180,11 @@ class StoreWriter:
             failure = storage_error(exc)
             for request in batch:
                 request.result, request.error = None, failure
+            return
+        if full:
+            if self.writable:
+                log.error("the database is full: intake answers 503 storage_full until space returns")
+            self.writable = False
             return
         if not self.writable and conn.total_changes > changes_before:  # a commit that wrote something
             log.warning("store writes succeed again")
