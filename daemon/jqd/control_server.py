@@ -153,7 +153,7 @@ def _user_name(uid: int) -> str:
 
 
 def _denial_message(own_uid: int, group: str | None) -> str:
-    who = f"{_user_name(own_uid)}, root"
+    who = _user_name(own_uid) if own_uid == 0 else f"{_user_name(own_uid)}, root"
     who += f" or members of group {group!r}" if group else ""
     return f"permission denied: only {who} may use this control socket"
 
