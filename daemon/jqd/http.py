@@ -217,27 +217,27 @@ def _create_quart_app(deps: HttpDeps) -> QuartTrio:
         cursor = jobs[-1].id if len(jobs) == params.limit else None
         return _json({"jobs": [job.to_json() for job in jobs], "next_after": cursor})
 
-    @app.post("/jobs/<int:job_id>/cancel")
-    async def cancel_job(job_id: int):
+    async def transition(job_id: int, write) -> Response:
+        """Cancel or retry: one guarded store write; 404 unknown, 409 from the wrong state."""
         if job_id > MAX_ID:  # cannot exist; SQLite could not even compare it
             return _error(404, "not_found", f"job {job_id} does not exist")
         try:
-            job = await deps.store.job_cancel(job_id, clock.now())
+            job = await write(job_id, clock.now())
         except (JobNotFound, InvalidTransition, StorageFull, StorageUnavailable) as exc:
             return _store_error(exc)
-        deps.workers.stop(job_id, "cancelled")
         return _json(job.to_json())
+
+    @app.post("/jobs/<int:job_id>/cancel")
+    async def cancel_job(job_id: int):
+        response = await transition(job_id, deps.store.job_cancel)
+        deps.workers.stop(job_id, "cancelled")  # a running handler is cancelled via its scope
+        return response
 
     @app.post("/jobs/<int:job_id>/retry")
     async def retry_job(job_id: int):
-        if job_id > MAX_ID:  # cannot exist; SQLite could not even compare it
-            return _error(404, "not_found", f"job {job_id} does not exist")
-        try:
-            job = await deps.store.job_retry(job_id, clock.now())
-        except (JobNotFound, InvalidTransition, StorageFull, StorageUnavailable) as exc:
-            return _store_error(exc)
+        response = await transition(job_id, deps.store.job_retry)
         deps.wakeup.notify()
-        return _json(job.to_json())
+        return response
 
     @app.get("/healthz")
     async def healthz():

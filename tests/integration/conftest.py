@@ -136,3 +136,26 @@ def wait_state(client: httpx.Client, job_id: int, states, timeout: float = 10.0)
         return job if job["state"] in states else None
 
     return wait_for(check, timeout, message=f"job {job_id} to reach {states}")
+
+
+# A --handlers module that holds the store writer for two seconds right after a claim
+# commits, so the job already reads as `running` while the dispatcher has not started it:
+# widens the race that drain and shutdown must handle (wait for the claim in flight).
+SLOW_CLAIM = """
+import time
+
+from jqd import faults
+
+_claimed = [False]
+
+
+def _plan(point):
+    if point == "claim":
+        _claimed[0] = True
+    elif point == "commit.after" and _claimed[0]:
+        _claimed[0] = False
+        time.sleep(2.0)
+
+
+faults.install(_plan)
+"""

@@ -18,13 +18,12 @@ import stat
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 
 import pytest
 
-from tests.integration.conftest import wait_for, wait_state
+from tests.integration.conftest import SLOW_CLAIM, wait_for, wait_state
 
 # Every daemon here may be stopped (by the fixture) while a long sleep job runs: keep that short.
 FAST_STOP = {"JQD_SHUTDOWN_GRACE": "0.5"}
@@ -334,26 +333,6 @@ def test_drain_timeout_requeues_without_using_an_attempt(start_jqd):
         assert after["state"] == "queued" and after["attempts"] == 0, after
 
 
-SLOW_CLAIM = textwrap.dedent("""
-    # Loaded with --handlers: holds the store writer for two seconds right after a claim commits,
-    # so the job already reads as `running` while the dispatcher has not started it yet.
-    import time
-
-    from jqd import faults
-
-    _claimed = [False]
-
-
-    def _plan(point):
-        if point == "claim":
-            _claimed[0] = True
-        elif point == "commit.after" and _claimed[0]:
-            _claimed[0] = False
-            time.sleep(2.0)
-
-
-    faults.install(_plan)
-""")
 
 
 def test_drain_waits_for_a_claim_in_flight(start_jqd, tmp_path):

@@ -15,12 +15,11 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
-from tests.integration.conftest import wait_for, wait_state
+from tests.integration.conftest import SLOW_CLAIM, wait_for, wait_state
 
 
 def submit(c, type_: str = "noop", payload: dict | None = None, **fields) -> dict:
@@ -213,26 +212,6 @@ def test_sigterm_is_not_held_by_an_idle_keep_alive_connection(start_jqd):
                 d.kill()
 
 
-SLOW_CLAIM = textwrap.dedent("""
-    # Loaded with --handlers: holds the store writer for two seconds right after a claim commits,
-    # so the job already reads as `running` while the dispatcher has not started it yet.
-    import time
-
-    from jqd import faults
-
-    _claimed = [False]
-
-
-    def _plan(point):
-        if point == "claim":
-            _claimed[0] = True
-        elif point == "commit.after" and _claimed[0]:
-            _claimed[0] = False
-            time.sleep(2.0)
-
-
-    faults.install(_plan)
-""")
 
 
 def test_sigterm_during_a_claim_leaves_nothing_running(start_jqd, tmp_path):
