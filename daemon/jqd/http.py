@@ -289,7 +289,7 @@ async def serve(app: InFlight, host: str, port: int, shutdown: trio.Event, *,
     config.accesslog = None
     config.errorlog = logging.getLogger("jqd.http.server")
     config.graceful_timeout = 5.0
-    config.keep_alive_timeout = 75.0
+    config.keep_alive_timeout = 5.0  # idle connections (and connect-then-close probes) free their fd soon
 
     class _Status:
         def started(self, binds):
