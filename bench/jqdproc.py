@@ -218,3 +218,35 @@ def machine_share(before: list[int], after: list[int]) -> dict:
     total = sum(d) or 1
     return {"machine_busy": round(100 * (total - d[3] - d[4] - d[7]) / total, 1),
             "machine_idle": round(100 * (d[3] + d[4]) / total, 1), "steal": round(100 * d[7] / total, 1)}
+
+
+# --- waiting for a quiet machine -------------------------------------------------------------
+
+QUIET = {"max_wait": 0.0, "threshold": 25.0, "log": []}  # set by run.py --wait-quiet
+
+
+def wait_quiet(label: str) -> str:
+    """Before a measured point: wait (at most QUIET['max_wait'] s) until the whole machine is
+    at most QUIET['threshold'] % busy over one second, while nothing of the benchmark's runs
+    (the daemon under test is idle or paused between points). Returns a note ('' if quiet at
+    once), also kept in QUIET['log']."""
+    if QUIET["max_wait"] <= 0:
+        return ""
+    t0 = time.monotonic()
+    busy = 0.0
+    while True:
+        m0 = machine_cpu()
+        time.sleep(1.0)
+        busy = machine_share(m0, machine_cpu())["machine_busy"]
+        waited = time.monotonic() - t0
+        if busy <= QUIET["threshold"]:
+            note = "" if waited < 1.5 else f"waited {waited:.0f} s for a quiet machine"
+            break
+        if waited >= QUIET["max_wait"]:
+            note = f"machine still {busy:.0f}% busy after waiting {waited:.0f} s: measured anyway"
+            break
+        if int(waited) % 30 == 0:
+            print(f"  .. {label}: machine {busy:.0f}% busy (others), waiting for a quieter moment", flush=True)
+    if note:
+        QUIET["log"].append(f"{label}: {note}")
+    return note
