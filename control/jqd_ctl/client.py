@@ -33,16 +33,8 @@ class Unreachable(Exception):
         return f"cannot reach {self.path}: {self.cause}"
 
 
-class Refused(Exception):
-    """The daemon refused the command with an error reply."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.message} ({self.code})"
+class Refused(wire.ControlError):
+    """The daemon refused the command with an error reply (its ``code`` and ``message``)."""
 
 
 def _owner(path: str) -> str:

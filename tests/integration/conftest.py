@@ -159,3 +159,10 @@ def _plan(point):
 
 faults.install(_plan)
 """
+
+
+def control_status(daemon: Daemon) -> dict:
+    """The daemon's `status` over the control socket, through the real client."""
+    from jqd_ctl.client import Client
+
+    return Client(daemon.socket, timeout=5).call("status", {})

@@ -7,7 +7,6 @@ WATCHDOG=1 pings that stop while the event loop is blocked.
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import textwrap
@@ -17,7 +16,7 @@ import uuid
 
 import httpx
 
-from tests.integration.conftest import wait_for, wait_state
+from tests.integration.conftest import control_status, wait_for, wait_state
 
 
 class NotifyListener:
@@ -72,20 +71,8 @@ def _probe_ready(holder: dict):
     d = holder["daemon"]
     d.wait_ready(10)  # the port, from the "ready" log line the daemon wrote before READY=1
     health = httpx.get(f"{d.url}/healthz", timeout=2).status_code  # one try, no retry
-    return health, _probe_status(d)  # one try too
+    return health, control_status(d)  # one try too
 
-
-def _probe_status(d) -> dict:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(d.socket)
-        s.sendall(b'{"v":1,"cmd":"status"}\n')
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = s.recv(65536)
-            assert chunk, reply
-            reply += chunk
-    return json.loads(reply)["result"]
 
 
 def test_ready_status_and_stopping(start_jqd, tmp_path):
@@ -112,7 +99,7 @@ def test_ready_status_and_stopping(start_jqd, tmp_path):
             job = c.post("/createJob", json={"type": "sleep", "payload": {"seconds": 60}}).json()
             wait_state(c, job["id"], "running")
         # a worker holds it (the API says running from the claim's commit, a moment earlier)
-        wait_for(lambda: _probe_status(d)["in_flight"] == 1, 5, message="a worker to hold the job")
+        wait_for(lambda: control_status(d)["in_flight"] == 1, 5, message="a worker to hold the job")
         before_stop = len(listener.lines())
         d.signal(signal.SIGTERM)
         assert d.wait(15) == 0, d.log

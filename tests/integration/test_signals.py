@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import SLOW_CLAIM, wait_for, wait_state
+from tests.integration.conftest import SLOW_CLAIM, control_status, wait_for, wait_state
 
 
 def submit(c, type_: str = "noop", payload: dict | None = None, **fields) -> dict:
@@ -42,16 +42,7 @@ def db_job(path: str, job_id: int) -> tuple:
 
 def in_flight(d) -> int:
     """Jobs held by workers, from the control socket."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(d.socket)
-        s.sendall(b'{"v":1,"cmd":"status"}\n')
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = s.recv(65536)
-            assert chunk, reply
-            reply += chunk
-    return json.loads(reply)["result"]["in_flight"]
+    return control_status(d)["in_flight"]
 
 
 def start_long_job(d, seconds: float = 60) -> dict:

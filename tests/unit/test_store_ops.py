@@ -187,3 +187,18 @@ def test_pauses_roundtrip(conn):
     assert [q for q, _, _ in ops.pause_list(conn)] == ["*"]
     ops.pause_clear(conn, None)
     assert ops.pause_list(conn) == []
+
+
+def test_merged_completions_of_one_job_are_each_fenced(conn):
+    """A stale and a fresh attempt of the same job completing in one group commit."""
+    insert(conn, NewJob("noop", "{}"))
+    first = claim(conn, 1, token=1).jobs[0]
+    ops.jobs_recover(conn, "run2", NOW)
+    second = ops.job_claim(conn, ClaimParams(limit=1, now=NOW, owner="run2", token=2,
+                                             lease_expires_at=NOW + 60)).jobs[0]
+    results = ops.jobs_complete_many(conn, [
+        CompleteParams(first.id, "run1", first.lease_token, Outcome.SUCCEEDED, NOW, '"stale"'),
+        CompleteParams(second.id, "run2", second.lease_token, Outcome.SUCCEEDED, NOW, '"fresh"'),
+    ])
+    assert [r.accepted for r in results] == [False, True]
+    assert ops.job_get(conn, first.id).result == "fresh"
