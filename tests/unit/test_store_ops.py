@@ -82,6 +82,16 @@ def test_claim_uses_index_seeks(conn):
     assert "SCAN jobs" not in details
 
 
+@pytest.mark.parametrize("outcome", list(Outcome))
+def test_merged_completion_looks_jobs_up_by_id(conn, outcome):
+    """The batch drives the join: one rowid lookup per completion, never a pass over the
+    running jobs per completion (that was quadratic in the batch size)."""
+    plan = conn.execute("EXPLAIN QUERY PLAN " + ops._COMPLETE_MANY_SQL[outcome], ("[]",)).fetchall()
+    details = [row[3] for row in plan]
+    assert details[0].startswith("SCAN json_each"), details
+    assert "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)" in details[1:], details
+
+
 def test_stale_completion_is_refused(conn):
     insert(conn, NewJob("noop", "{}"))
     first = claim(conn, 1, token=1).jobs[0]

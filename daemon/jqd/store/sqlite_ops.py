@@ -177,6 +177,9 @@ _OUTCOME_SET = {
     Outcome.PERMANENT: "state = 'dead', finished_at = o.t, last_error = o.e",
     Outcome.INTERRUPTED: "state = 'queued', attempts = max(attempts - 1, 0), started_at = NULL, last_error = o.e",
 }
+# `+jobs.state` keeps the planner off jobs_state_id: without it SQLite scanned every running
+# job and, for each, the whole JSON batch (quadratic: 680 us per job at batches of 500).
+# The batch drives the join instead, one rowid lookup per completion.
 _COMPLETE_MANY_SQL = {
     outcome: (
         f"UPDATE jobs SET {assignments}, {_CLEAR_LEASE} FROM (SELECT "
@@ -184,7 +187,7 @@ _COMPLETE_MANY_SQL = {
         "json_extract(value, '$[2]') AS token, json_extract(value, '$[3]') AS t, "
         "json_extract(value, '$[4]') AS r, json_extract(value, '$[5]') AS e, "
         "json_extract(value, '$[6]') AS retry FROM json_each(?)) AS o "
-        "WHERE jobs.id = o.id AND jobs.state = 'running' AND jobs.lease_owner = o.owner "
+        "WHERE jobs.id = o.id AND +jobs.state = 'running' AND jobs.lease_owner = o.owner "
         "AND jobs.lease_token = o.token RETURNING jobs.id, jobs.state")
     for outcome, assignments in _OUTCOME_SET.items()
 }
