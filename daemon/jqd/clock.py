@@ -16,11 +16,19 @@ import trio
 _anchors: "weakref.WeakKeyDictionary[object, tuple[float, float]]" = weakref.WeakKeyDictionary()
 
 
+_last: tuple = (None, None)  # (root task, anchor) of the latest lookup: now() runs per job
+
+
 def _anchor() -> tuple[float, float]:
+    global _last
     root = trio.lowlevel.current_root_task()
+    last_root, last_anchor = _last
+    if last_root is root:
+        return last_anchor
     anchor = _anchors.get(root)
     if anchor is None:
         anchor = _anchors[root] = (time.time(), trio.current_time())
+    _last = (root, anchor)
     return anchor
 
 

@@ -77,9 +77,10 @@ class JobType:
     name: str
     run: Callable
     validate: Callable[[dict], None] | None = None
+    is_async: bool = attrs.field(init=False)  # known once, not inspected per job
 
-    @property
-    def is_async(self) -> bool:
+    @is_async.default
+    def _is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.run)
 
 

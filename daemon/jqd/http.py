@@ -173,7 +173,7 @@ def _create_quart_app(deps: HttpDeps) -> QuartTrio:
         if created:
             deps.wakeup.notify()
             for type_, n in collections.Counter(job.type for job in created).items():
-                deps.metrics.submitted.labels(type_).inc(n)
+                deps.metrics.submitted.inc(n, type_)
         replays = len(results) - len(created)
         if replays:
             deps.metrics.replayed.inc(replays)

@@ -6,8 +6,13 @@ for free slots); the attempt task releases it. `attempts` maps job id -> live `A
 is only read by the lease keeper, the cancel endpoint and drain; the database stays the
 source of truth.
 
-How an attempt ends, and what is written (fenced by the lease token, shielded from
-cancellation so shutdown cannot lose it):
+Outcomes are written by one recorder task, in batches: an attempt task hands its outcome
+over and ends; the recorder writes everything handed over since its last write as one store
+call (one statement per kind of outcome), shielded from cancellation so that shutdown cannot
+lose it, and only then forgets the attempts. A job therefore stays in `attempts` (lease
+renewed, drain and shutdown waiting for it) until its outcome is durable.
+
+How an attempt ends, and what is written (fenced by the lease token):
 - handler returns             -> succeeded, with its result
 - handler raises PermanentError -> dead
 - handler raises / times out  -> queued after backoff, or dead when no retries are left
@@ -85,8 +90,11 @@ class WorkerGroup:
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
+        self._trio_token: trio.lowlevel.TrioToken | None = None
         self._progress: dict[int, tuple[int, object]] = {}  # job id -> (lease token, latest value)
         self._progress_wakeup = Wakeup()
+        self._outcomes: list[tuple[Attempt, CompleteParams]] = []  # handed over, not yet written
+        self._outcome_wakeup = Wakeup()
 
     # --- what the dispatcher asks ---------------------------------------------------------
     def free_slots(self) -> int:
@@ -146,8 +154,10 @@ class WorkerGroup:
 
     # --- the group --------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self._trio_token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._record_outcomes)
             task_status.started()
             await self._flush_progress()
 
@@ -160,7 +170,9 @@ class WorkerGroup:
     async def _flush_progress(self) -> None:
         """One task writes every attempt's latest progress; reports arriving meanwhile coalesce."""
         while True:
-            await self._progress_wakeup.arm().wait()
+            woken = self._progress_wakeup.arm()
+            if not self._progress:
+                await woken.wait()
             pending, self._progress = self._progress, {}
             for job_id, (token, value) in pending.items():
                 try:
@@ -183,14 +195,15 @@ class WorkerGroup:
             if params is None and attempt.stop_reason in (None, "interrupted"):
                 params = self._params(job, Outcome.INTERRUPTED, error="interrupted by shutdown or drain")
                 self._metrics.interrupted.inc()
-            self._metrics.run_time.labels(job.type).observe(clock.now() - started)
+            self._metrics.run_time.observe(clock.now() - started, job.type)
             # Free the slot before the outcome is durable, so that the dispatcher's next claim
-            # shares the outcome's commit. The attempt stays in `attempts` (its lease renewed,
-            # drain and shutdown waiting for it) until the outcome is written.
+            # shares the outcome's commit.
             self._release_slot(attempt)
-            with trio.move_on_after(FINAL_WRITE_TIMEOUT, shield=True):
-                await self._record(job, params)
-            self._forget(attempt)
+            if params is None:  # cancelled by the API or rescued: someone else wrote the state
+                self._forget(attempt)
+            else:
+                self._outcomes.append((attempt, params))
+                self._outcome_wakeup.notify()
 
     async def _execute(self, job: Job) -> CompleteParams:
         """Run the handler and turn its result or exception into the outcome to write.
@@ -199,7 +212,7 @@ class WorkerGroup:
         if job_type is None:
             return self._failure(job, f"no handler for job type {job.type!r}", permanent=True)
         ctx = JobContext(id=job.id, type=job.type, payload=job.payload, attempt=job.attempts, queue=job.queue,
-                         trio_token=trio.lowlevel.current_trio_token(), on_progress=self._report_progress)
+                         trio_token=self._trio_token, on_progress=self._report_progress)
         try:
             if job_type.is_async:
                 result = await job_type.run(ctx)
@@ -213,7 +226,7 @@ class WorkerGroup:
         except Exception as exc:
             return self._failure(job, _describe(exc), permanent=False)
         try:
-            result_json = json.dumps(result)
+            result_json = "null" if result is None else json.dumps(result)
         except (TypeError, ValueError) as exc:  # would fail the same way every time
             return self._failure(job, f"handler result is not JSON: {exc}", permanent=True)
         return self._params(job, Outcome.SUCCEEDED, result_json=result_json)
@@ -229,26 +242,59 @@ class WorkerGroup:
             delay = retry_delay(job.attempts, self._settings.retry_base, self._settings.retry_max)
         return self._params(job, Outcome.FAILED, error=error, retry_at=clock.now() + delay)
 
-    async def _record(self, job: Job, params: CompleteParams | None) -> None:
-        if params is None:  # cancelled by the API or rescued: someone else wrote the state
-            return
+    async def _record_outcomes(self) -> None:
+        """The recorder: writes the outcomes handed over by attempts, a batch per store call.
+        When cancelled (shutdown), it goes on, shielded, until every attempt's outcome is
+        written: cancelled attempts hand over an `interrupted` outcome on their way out."""
         try:
-            result = await self._store.job_complete(params)
-        except StoreError as exc:
-            # The lease is no longer renewed, so the reaper re-queues the job: at-least-once.
-            log.error("job %d: outcome %s not stored (%s); it will be rescued when its lease lapses",
-                      job.id, params.outcome.value, exc)
+            while True:
+                woken = self._outcome_wakeup.arm()
+                if not self._outcomes:
+                    await woken.wait()
+                await self._write_outcomes()
+        finally:
+            with trio.move_on_after(FINAL_WRITE_TIMEOUT, shield=True):
+                while self.attempts:
+                    woken = self._outcome_wakeup.arm()
+                    if not self._outcomes:
+                        await woken.wait()
+                    await self._write_outcomes()
+
+    async def _write_outcomes(self) -> None:
+        batch, self._outcomes = self._outcomes, []
+        if not batch:
             return
+        results, why = None, f"no answer from the store within {FINAL_WRITE_TIMEOUT:g} s"
+        with trio.move_on_after(FINAL_WRITE_TIMEOUT, shield=True):
+            try:
+                results = await self._store.jobs_complete([params for _, params in batch])
+            except StoreError as exc:
+                why = str(exc)
+        if results is None:
+            # Leases are no longer renewed, so the reaper re-queues the jobs: at-least-once.
+            log.error("outcomes of %d job(s) not stored (%s); they will be rescued when their leases lapse",
+                      len(batch), why)
+            results = [None] * len(batch)
+        requeued = False
+        for (attempt, params), result in zip(batch, results, strict=True):
+            if result is not None:
+                self._count_outcome(attempt.job, params, result)
+                requeued = requeued or result.state == "queued"
+            self._forget(attempt)
+        if requeued:  # a retry's run_at, or an interrupted job, the dispatcher has not seen yet
+            self._wakeup.notify()
+
+    def _count_outcome(self, job: Job, params: CompleteParams, result) -> None:
         if not result.accepted:
             log.warning("job %d: outcome %s refused: the attempt's lease no longer holds",
                         job.id, params.outcome.value)
             return
         if params.outcome is Outcome.SUCCEEDED:
-            self._metrics.succeeded.labels(job.type).inc()
+            self._metrics.succeeded.inc(1, job.type)
         elif params.outcome in (Outcome.FAILED, Outcome.PERMANENT):
-            self._metrics.failed_attempts.labels(job.type).inc()
+            self._metrics.failed_attempts.inc(1, job.type)
             if result.state == "dead":
-                self._metrics.dead.labels(job.type).inc()
+                self._metrics.dead.inc(1, job.type)
                 log.warning("job %d (%s) is dead after %d attempt(s): %s", job.id, job.type,
                             job.attempts, params.error)
 

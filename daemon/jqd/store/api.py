@@ -74,8 +74,9 @@ class Store:
     async def job_claim(self, params: ClaimParams) -> ClaimResult:
         return await self.writer.submit(functools.partial(ops.job_claim, params=params))
 
-    async def job_complete(self, params: CompleteParams) -> CompleteResult:
-        return await self.writer.submit_merged(ops.jobs_complete_many, params)
+    async def jobs_complete(self, batch: list[CompleteParams]) -> list[CompleteResult]:
+        """Record attempts' outcomes, each only while its lease holds; one result per params."""
+        return await self.writer.submit(functools.partial(ops.jobs_complete_many, batch=batch))
 
     async def job_progress(self, job_id: int, owner: str, token: int, progress_json: str) -> bool:
         return await self.writer.submit(functools.partial(

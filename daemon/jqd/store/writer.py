@@ -40,22 +40,6 @@ class _Request:
     done: trio.Event = attrs.field(factory=trio.Event)
     result: object = None
     error: BaseException | None = None
-    item: object = None  # for a merged operation: this caller's element of the list
-
-
-def _merge(batch: list[_Request]) -> list[tuple[Callable, list[_Request]]]:
-    """Group the batch's merged requests by operation, at the place of each group's first."""
-    steps: list[tuple[Callable, list[_Request]]] = []
-    groups: dict[Callable, list[_Request]] = {}
-    for request in batch:
-        if request.item is None:
-            steps.append((request.op, [request]))
-        elif request.op in groups:
-            groups[request.op].append(request)
-        else:
-            groups[request.op] = [request]
-            steps.append((request.op, groups[request.op]))
-    return steps
 
 
 @attrs.frozen
@@ -91,12 +75,6 @@ class StoreWriter:
     async def submit(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run `op` in the next group commit; return its result once durable, or raise."""
         return await self._submit(_Request(op))
-
-    async def submit_merged(self, op: Callable[[sqlite3.Connection, list], list], item: object):
-        """Like submit, but requests for the same `op` in one batch run as ONE call
-        `op(conn, [item, ...])` returning one result per item. For single-statement
-        operations that never refuse (completions): they run without a savepoint."""
-        return await self._submit(_Request(op, item=item))
 
     async def _submit(self, request: _Request):
         await self._send.send(request)
@@ -138,31 +116,23 @@ class StoreWriter:
         full = False
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, requests in _merge(batch):
+            for request in batch:
                 conn.execute("SAVEPOINT op")
                 try:
-                    if requests[0].item is not None:
-                        results = op(conn, [r.item for r in requests])
-                        for request, result in zip(requests, results, strict=True):
-                            request.result = result
-                    else:
-                        requests[0].result = op(conn)
+                    request.result = request.op(conn)
                 except sqlite3.OperationalError as exc:
                     if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL or not conn.in_transaction:
                         raise  # I/O error, read-only file, or the transaction is gone: all fail
                     conn.execute("ROLLBACK TO op")
                     full = True
-                    for request in requests:
-                        request.result, request.error = None, storage_error(exc)
+                    request.error = storage_error(exc)
                 except StorageFull as exc:  # refused by the operation itself (intake headroom)
                     conn.execute("ROLLBACK TO op")
                     full = True
-                    for request in requests:
-                        request.result, request.error = None, exc
+                    request.error = exc
                 except Exception as exc:  # an operation's own refusal: its data, not ours
                     conn.execute("ROLLBACK TO op")
-                    for request in requests:
-                        request.result, request.error = None, exc
+                    request.error = exc
                 conn.execute("RELEASE op")
             faults.hit("commit.before")
             conn.execute("COMMIT")
