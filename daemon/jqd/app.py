@@ -111,6 +111,7 @@ async def _serve(config, run_id, started_at, conn, reads, task_status) -> None:
     store = Store(writer, reads, config.max_queued, reserve_pages=_reserve_pages(config.max_db_bytes))
     wakeup = Wakeup()
     metrics = Metrics()
+    metrics.watch_writer(writer.statistics)
     shutdown = signals.ShutdownRequest()
     async with httpx.AsyncClient(follow_redirects=False, timeout=30.0) as http_client:
         registry = build_registry(config, http_client)

@@ -69,6 +69,24 @@ class LocalHistogram:
         yield family
 
 
+class _WriterCollector:
+    """The store writer's own counters, as of the scrape."""
+
+    def __init__(self, stats):
+        self._stats = stats
+
+    def collect(self):
+        stats = self._stats()
+        for name, doc, value in (
+                ("jqd_store_commits", "Write transactions (group commits) attempted", stats.batches),
+                ("jqd_store_operations", "Store operations written in them", stats.operations),
+                ("jqd_store_failed_commits", "Write transactions that failed and were rolled back",
+                 stats.failed_batches)):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], value)
+            yield family
+
+
 def _le(bound: float) -> str:
     return repr(float(bound))
 
@@ -95,6 +113,10 @@ class Metrics:
         self.running = Gauge("jqd_jobs_running", "Jobs running, per queue", ["queue"], registry=r)
         self.oldest_queued_age = Gauge("jqd_oldest_queued_age_seconds",
                                        "How long the oldest due job has waited", registry=r)
+
+    def watch_writer(self, statistics) -> None:
+        """Expose the store writer's counters (operations per commit shows group commit at work)."""
+        self.registry.register(_WriterCollector(statistics))
 
     def render(self, counts: list[tuple[str, str, int]], oldest_due: float | None, now: float) -> bytes:
         """Prometheus text, with the gauges set from a fresh read of the store."""

@@ -4,6 +4,7 @@ Counter and Histogram would (names, labels, buckets, sums), minus the `_created`
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from jqd.metrics import LATENCY_BUCKETS, LocalCounter, LocalHistogram, Metrics
+from jqd.store.writer import WriterStatistics
 
 
 def _lines(registry) -> set[str]:
@@ -42,6 +43,7 @@ def test_local_counters_match_prometheus_client():
 
 def test_render_exposes_every_metric_of_the_spec():
     m = Metrics()
+    m.watch_writer(lambda: WriterStatistics(batches=4, operations=10, failed_batches=1, writable=True))
     m.succeeded.inc(1, "noop")
     m.pickup.observe(0.002)
     m.run_time.observe(0.01, "noop")
@@ -50,5 +52,7 @@ def test_render_exposes_every_metric_of_the_spec():
                  "jqd_jobs_rescued_total 0.0", "jqd_attempts_interrupted_total 0.0",
                  'jqd_job_pickup_seconds_bucket{le="0.0025"} 1.0', "jqd_job_pickup_seconds_count 1.0",
                  'jqd_job_run_seconds_bucket{le="0.01",type="noop"} 1.0', 'jqd_jobs_queued{queue="default"} 7.0',
-                 'jqd_jobs_running{queue="default"} 2.0', "jqd_oldest_queued_age_seconds 10.0"):
+                 'jqd_jobs_running{queue="default"} 2.0', "jqd_oldest_queued_age_seconds 10.0",
+                 "jqd_store_commits_total 4.0", "jqd_store_operations_total 10.0",
+                 "jqd_store_failed_commits_total 1.0"):
         assert line in text, line
