@@ -6,9 +6,10 @@ import pytest
 import trio
 
 from jqd import clock, leases, reaper
-from jqd.handlers import PermanentError, RetryAfter
+from jqd.handlers import JobType, PermanentError, Registry, RetryAfter
 from jqd.runstate import GLOBAL, Mode, Pause
 from jqd.store.params import ClaimParams
+from jqd.workers import WorkerGroup, WorkerSettings
 
 from .engine_harness import start_engine
 
@@ -162,6 +163,29 @@ async def test_finish_running_interrupts_and_refunds_the_attempt(nursery, tmp_pa
     job = await engine.job(job_id)
     assert returned == [job_id]
     assert job.state.value == "queued" and job.attempts == 0 and job.rescues == 0
+
+
+async def test_cancelled_worker_group_writes_every_outcome(nursery, tmp_path, autojump_clock):
+    """The group's nursery is cancelled (a crashing sibling) while one attempt runs and another
+    was handed over but not yet picked up by a runner: both go back to queued, refunded."""
+    engine = await start_engine(nursery, str(tmp_path / "j.db"), {}, dispatch=False)
+    ids = [await engine.submit("hang") for _ in range(2)]
+    group = WorkerGroup(engine.store, Registry([JobType("hang", hang)]), WorkerSettings(4, {}, 300.0, 2.0, 60.0),
+                        run_id=engine.run_id, wakeup=engine.wakeup, metrics=engine.metrics)
+    async with trio.open_nursery() as inner:
+        await inner.start(group.run)
+        now = clock.now()
+        claimed = await engine.store.job_claim(ClaimParams(limit=2, now=now, owner=engine.run_id, token=1,
+                                                           lease_expires_at=now + 60))
+        group.start(claimed.jobs[0])
+        await trio.sleep(1)
+        group.start(claimed.jobs[1])
+        assert [a.job.id for a in group._ready] == [ids[1]]  # no runner has taken it yet
+        inner.cancel_scope.cancel()
+    assert not group.attempts and engine.metrics.interrupted.value() == 2
+    for job_id in ids:
+        job = await engine.job(job_id)
+        assert job.state.value == "queued" and job.attempts == 0, job
 
 
 async def test_finish_running_lets_short_jobs_finish(nursery, tmp_path, autojump_clock):
