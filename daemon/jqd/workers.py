@@ -1,8 +1,8 @@
 """The worker group: runs claimed jobs, at most `workers` at once, each attempt in its own
 cancel scope with its deadline, on `workers` long-lived runner tasks.
 
-Ownership: the dispatcher acquires a slot of `limiter` for every job it claims (claim only
-for free slots); the runner releases it when the attempt ends. `attempts` maps job id -> live `Attempt` and
+Ownership: the dispatcher takes a slot for every job it claims (claim only for free
+slots); the runner gives it back when the attempt ends. `attempts` maps job id -> live `Attempt` and
 is only read by the lease keeper, the cancel endpoint and drain; the database stays the
 source of truth.
 
@@ -56,7 +56,7 @@ class WorkerSettings:
     retry_max: float
 
 
-@attrs.define(eq=False)  # hashed by identity: it is the limiter's borrower
+@attrs.define(eq=False)
 class Attempt:
     job: Job
     scope: trio.CancelScope
@@ -84,7 +84,7 @@ class WorkerGroup:
         self._run_id = run_id
         self._wakeup = wakeup
         self._metrics = metrics
-        self.limiter = trio.CapacityLimiter(settings.workers)
+        self._slots_taken = 0  # a plain count: slots are only taken and given back on the Trio thread
         self._thread_limiter = trio.CapacityLimiter(settings.workers)  # for plain-def handlers
         self._per_queue: dict[str, int] = {}
         self.attempts: dict[int, Attempt] = {}
@@ -101,7 +101,7 @@ class WorkerGroup:
 
     # --- what the dispatcher asks ---------------------------------------------------------
     def free_slots(self) -> int:
-        return int(self.limiter.available_tokens)
+        return self._settings.workers - self._slots_taken
 
     def queue_free_slots(self) -> dict[str, int]:
         return {q: limit - self._per_queue.get(q, 0) for q, limit in self._settings.queue_limits.items()}
@@ -111,7 +111,9 @@ class WorkerGroup:
         assert self._runners_started, "WorkerGroup.run has not started"
         deadline = trio.current_time() + (job.timeout_seconds or self._settings.job_timeout)
         attempt = Attempt(job, trio.CancelScope(deadline=deadline))
-        self.limiter.acquire_on_behalf_of_nowait(attempt)
+        if self._slots_taken >= self._settings.workers:
+            raise RuntimeError("WorkerGroup.start without a free slot")
+        self._slots_taken += 1
         self._per_queue[job.queue] = self._per_queue.get(job.queue, 0) + 1
         self.attempts[job.id] = attempt
         self._idle = trio.Event() if self._idle.is_set() else self._idle
@@ -322,7 +324,7 @@ class WorkerGroup:
         self._per_queue[queue] -= 1
         if not self._per_queue[queue]:
             del self._per_queue[queue]
-        self.limiter.release_on_behalf_of(attempt)
+        self._slots_taken -= 1
         self._wakeup.notify()
 
     def _forget(self, attempt: Attempt) -> None:
