@@ -3,7 +3,8 @@
     root nursery
     ├── store writer        (stopped last: every other component writes through it)
     └── engine nursery
-        ├── worker group    runs attempts, each in its own cancel scope
+        ├── worker group    WORKER_COUNT runners, each attempt in its own cancel scope,
+        │                   plus one outcome recorder and one progress flusher
         ├── dispatcher      claims for free slots, wakes on events
         ├── lease keeper    renews live attempts' leases
         ├── timeout reaper  rescues lapsed leases, prunes old jobs
