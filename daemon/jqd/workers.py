@@ -109,10 +109,10 @@ class WorkerGroup:
     def start(self, job: Job) -> None:
         """Run a claimed job. The caller checked free_slots(); raises if there is none."""
         assert self._runners_started, "WorkerGroup.run has not started"
-        deadline = trio.current_time() + (job.timeout_seconds or self._settings.job_timeout)
-        attempt = Attempt(job, trio.CancelScope(deadline=deadline))
         if self._slots_taken >= self._settings.workers:
             raise RuntimeError("WorkerGroup.start without a free slot")
+        deadline = trio.current_time() + (job.timeout_seconds or self._settings.job_timeout)
+        attempt = Attempt(job, trio.CancelScope(deadline=deadline))
         self._slots_taken += 1
         self._per_queue[job.queue] = self._per_queue.get(job.queue, 0) + 1
         self.attempts[job.id] = attempt
