@@ -18,7 +18,7 @@ import trio
 from jqd import clock
 from jqd.metrics import Metrics
 from jqd.store.api import Store
-from jqd.store.errors import StoreError
+from jqd.store.errors import StorageFull, StoreError
 from jqd.store.params import RescueResult
 from jqd.workers import WorkerGroup
 
@@ -41,14 +41,8 @@ def log_rescue(result: RescueResult, why: str) -> None:
 
 
 async def reap_once(store: Store, workers: WorkerGroup, metrics: Metrics, retention: float) -> ReapResult:
+    """Prune first: on a full store, pruning is what frees space, so nothing may stop it."""
     now = clock.now()
-    if not store.writable:
-        await store.write_probe()  # so /readyz turns 200 again by itself once space returns
-    rescued = await store.leases_reap(now)
-    for job_id in (*rescued.requeued, *rescued.dead):
-        workers.stop(job_id, "lease_lost")
-    metrics.rescued.inc(len(rescued.requeued) + len(rescued.dead))
-    log_rescue(rescued, "lease lapsed")
     pruned = 0
     while True:
         n = await store.jobs_prune(now - retention, PRUNE_BATCH)
@@ -57,6 +51,16 @@ async def reap_once(store: Store, workers: WorkerGroup, metrics: Metrics, retent
             break
     if pruned:
         log.info("pruned %d finished job(s) older than the retention", pruned)
+    rescued = await store.leases_reap(now)
+    for job_id in (*rescued.requeued, *rescued.dead):
+        workers.stop(job_id, "lease_lost")
+    metrics.rescued.inc(len(rescued.requeued) + len(rescued.dead))
+    log_rescue(rescued, "lease lapsed")
+    if not store.writable:
+        try:
+            await store.write_probe()  # so /readyz turns 200 again by itself once space returns
+        except StorageFull:
+            pass  # still full: the writer logged it once; intake and /readyz keep saying so
     return ReapResult(rescued, pruned)
 
 

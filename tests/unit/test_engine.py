@@ -8,6 +8,7 @@ import trio
 from jqd import clock, leases, reaper
 from jqd.handlers import JobType, PermanentError, Registry, RetryAfter
 from jqd.runstate import GLOBAL, Mode, Pause
+from jqd.store.errors import StorageFull
 from jqd.store.params import ClaimParams
 from jqd.workers import WorkerGroup, WorkerSettings
 
@@ -272,6 +273,31 @@ async def test_reaper_prunes_finished_jobs_past_retention(nursery, tmp_path, aut
     await trio.sleep(50)
     result = await reaper.reap_once(engine.store, engine.workers, engine.metrics, retention=40)
     assert result.pruned == 1 and await engine.job(job_id) is None
+
+
+async def test_reaper_prunes_while_the_store_is_full(nursery, tmp_path, autojump_clock):
+    """Pruning is what frees space on a full store: a failing write probe must not stop it
+    (it did, and a full store whose jobs had all finished stayed full for good)."""
+    engine = await start_engine(nursery, str(tmp_path / "j.db"), {"noop": noop})
+    job_id = await engine.submit("noop")
+    await engine.wait_state(job_id, "succeeded")
+    await trio.sleep(50)
+    probes = []
+
+    async def still_full():
+        probes.append(clock.now())
+        raise StorageFull("the database is full (JQD_MAX_DB_BYTES): nothing was written")
+
+    engine.store.writer.writable = False
+    engine.store.write_probe = still_full
+    result = await reaper.reap_once(engine.store, engine.workers, engine.metrics, retention=40)
+    assert result.pruned == 1 and await engine.job(job_id) is None
+    assert engine.store.writable and not probes  # the prune's own commit proved writes work
+    # Still full and nothing to prune: the pass probes (so /readyz learns when space returns)
+    # and a failing probe is not an error of the pass.
+    engine.store.writer.writable = False
+    result = await reaper.reap_once(engine.store, engine.workers, engine.metrics, retention=40)
+    assert result.pruned == 0 and len(probes) == 1 and not engine.store.writable
 
 
 async def test_progress_is_stored(nursery, tmp_path, autojump_clock):
