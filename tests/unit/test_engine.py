@@ -275,6 +275,25 @@ async def test_reaper_prunes_finished_jobs_past_retention(nursery, tmp_path, aut
     assert result.pruned == 1 and await engine.job(job_id) is None
 
 
+async def test_progress_reported_during_a_progress_write_is_stored(nursery, tmp_path, autojump_clock):
+    """A report that arrives while the flusher is writing the previous one must not wait for
+    a third report (the flusher re-armed its wake-up after the write and missed it)."""
+    gate = trio.Event()
+
+    async def progressing(job):
+        job.progress({"done": 1})
+        for _ in range(3):
+            await trio.sleep(0)  # the flusher takes {"done": 1} and starts writing it
+        job.progress({"done": 2})
+        await gate.wait()
+
+    engine = await start_engine(nursery, str(tmp_path / "j.db"), {"p": progressing})
+    job_id = await engine.submit("p")
+    await trio.sleep(5)
+    assert (await engine.job(job_id)).progress == {"done": 2}
+    gate.set()
+
+
 async def test_reaper_prunes_while_the_store_is_full(nursery, tmp_path, autojump_clock):
     """Pruning is what frees space on a full store: a failing write probe must not stop it
     (it did, and a full store whose jobs had all finished stayed full for good)."""
