@@ -19,3 +19,12 @@ class Wakeup:
 
     def notify(self) -> None:
         self._event.set()
+
+    async def wait_until(self, ready) -> None:
+        """Return once `ready()` is true, arming before every check (the pattern above), so a
+        notify that comes while the caller was busy elsewhere is never missed."""
+        while True:
+            event = self.arm()
+            if ready():
+                return
+            await event.wait()

@@ -84,15 +84,13 @@ class WorkerGroup:
         self._run_id = run_id
         self._wakeup = wakeup
         self._metrics = metrics
-        self._slots_taken = 0  # a plain count: slots are only taken and given back on the Trio thread
         self._thread_limiter = trio.CapacityLimiter(settings.workers)  # for plain-def handlers
-        self._per_queue: dict[str, int] = {}
+        self._per_queue: dict[str, int] = {}  # queue -> slots taken; their sum is the slots taken
         self.attempts: dict[int, Attempt] = {}
         self._idle = trio.Event()
         self._idle.set()
         self._ready: collections.deque[Attempt] = collections.deque()  # started, not yet picked up
         self._idle_runners = trio.lowlevel.ParkingLot()
-        self._runners_started = False
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._progress: dict[int, tuple[int, object]] = {}  # job id -> (lease token, latest value)
         self._progress_wakeup = Wakeup()
@@ -101,19 +99,18 @@ class WorkerGroup:
 
     # --- what the dispatcher asks ---------------------------------------------------------
     def free_slots(self) -> int:
-        return self._settings.workers - self._slots_taken
+        return self._settings.workers - sum(self._per_queue.values())
 
     def queue_free_slots(self) -> dict[str, int]:
         return {q: limit - self._per_queue.get(q, 0) for q, limit in self._settings.queue_limits.items()}
 
     def start(self, job: Job) -> None:
         """Run a claimed job. The caller checked free_slots(); raises if there is none."""
-        assert self._runners_started, "WorkerGroup.run has not started"
-        if self._slots_taken >= self._settings.workers:
+        assert self._trio_token is not None, "WorkerGroup.run has not started"
+        if self.free_slots() <= 0:
             raise RuntimeError("WorkerGroup.start without a free slot")
         deadline = trio.current_time() + (job.timeout_seconds or self._settings.job_timeout)
         attempt = Attempt(job, trio.CancelScope(deadline=deadline))
-        self._slots_taken += 1
         self._per_queue[job.queue] = self._per_queue.get(job.queue, 0) + 1
         self.attempts[job.id] = attempt
         self._idle = trio.Event() if self._idle.is_set() else self._idle
@@ -164,7 +161,6 @@ class WorkerGroup:
         async with trio.open_nursery() as nursery:
             for n in range(self._settings.workers):
                 nursery.start_soon(self._runner, name=f"jqd worker {n}")
-            self._runners_started = True
             nursery.start_soon(self._record_outcomes)
             task_status.started()
             await self._flush_progress()
@@ -191,9 +187,7 @@ class WorkerGroup:
     async def _flush_progress(self) -> None:
         """One task writes every attempt's latest progress; reports arriving meanwhile coalesce."""
         while True:
-            woken = self._progress_wakeup.arm()
-            if not self._progress:
-                await woken.wait()
+            await self._progress_wakeup.wait_until(lambda: self._progress)
             pending, self._progress = self._progress, {}
             for job_id, (token, value) in pending.items():
                 try:
@@ -269,16 +263,12 @@ class WorkerGroup:
         written: cancelled attempts hand over an `interrupted` outcome on their way out."""
         try:
             while True:
-                woken = self._outcome_wakeup.arm()
-                if not self._outcomes:
-                    await woken.wait()
+                await self._outcome_wakeup.wait_until(lambda: self._outcomes)
                 await self._write_outcomes()
         finally:
             with trio.move_on_after(FINAL_WRITE_TIMEOUT, shield=True):
                 while self.attempts:
-                    woken = self._outcome_wakeup.arm()
-                    if not self._outcomes:
-                        await woken.wait()
+                    await self._outcome_wakeup.wait_until(lambda: self._outcomes)
                     await self._write_outcomes()
 
     async def _write_outcomes(self) -> None:
@@ -324,7 +314,6 @@ class WorkerGroup:
         self._per_queue[queue] -= 1
         if not self._per_queue[queue]:
             del self._per_queue[queue]
-        self._slots_taken -= 1
         self._wakeup.notify()
 
     def _forget(self, attempt: Attempt) -> None:
