@@ -268,7 +268,9 @@ class WorkerGroup:
         finally:
             with trio.move_on_after(FINAL_WRITE_TIMEOUT, shield=True):
                 while self.attempts:
-                    await self._outcome_wakeup.wait_until(lambda: self._outcomes)
+                    # An attempt cancelled through the API leaves without an outcome: wake up
+                    # for the group going idle too, not only for outcomes.
+                    await self._outcome_wakeup.wait_until(lambda: self._outcomes or not self.attempts)
                     await self._write_outcomes()
 
     async def _write_outcomes(self) -> None:
@@ -323,6 +325,7 @@ class WorkerGroup:
             self._progress.pop(attempt.job.id, None)
         if not self.attempts:
             self._idle.set()
+            self._outcome_wakeup.notify()  # a cancelled recorder may be waiting for the group to be idle
 
 
 async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -10,7 +10,7 @@ from jqd.handlers import JobType, PermanentError, Registry, RetryAfter
 from jqd.runstate import GLOBAL, Mode, Pause
 from jqd.store.errors import StorageFull
 from jqd.store.params import ClaimParams
-from jqd.workers import WorkerGroup, WorkerSettings
+from jqd.workers import FINAL_WRITE_TIMEOUT, WorkerGroup, WorkerSettings
 
 from .engine_harness import start_engine
 
@@ -187,6 +187,36 @@ async def test_cancelled_worker_group_writes_every_outcome(nursery, tmp_path, au
     for job_id in ids:
         job = await engine.job(job_id)
         assert job.state.value == "queued" and job.attempts == 0, job
+
+
+async def test_cancelled_group_does_not_wait_for_an_attempt_that_writes_nothing(nursery, tmp_path, autojump_clock):
+    """An attempt cancelled through the API hands over no outcome (the endpoint wrote
+    `cancelled`); when it ends during the group's cancellation, the recorder must notice the
+    group is idle instead of waiting for an outcome until FINAL_WRITE_TIMEOUT."""
+    async def slow_to_stop(job):
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(1)
+
+    engine = await start_engine(nursery, str(tmp_path / "j.db"), {}, dispatch=False)
+    job_id = await engine.submit("slow")
+    group = WorkerGroup(engine.store, Registry([JobType("slow", slow_to_stop)]), WorkerSettings(4, {}, 300.0, 2.0, 60.0),
+                        run_id=engine.run_id, wakeup=engine.wakeup, metrics=engine.metrics)
+    async with trio.open_nursery() as inner:
+        await inner.start(group.run)
+        now = clock.now()
+        claimed = await engine.store.job_claim(ClaimParams(limit=1, now=now, owner=engine.run_id, token=1,
+                                                           lease_expires_at=now + 60))
+        group.start(claimed.jobs[0])
+        await trio.sleep(1)
+        await engine.store.job_cancel(job_id, clock.now())
+        assert group.stop(job_id, "cancelled")
+        inner.cancel_scope.cancel()
+        cancelled_at = trio.current_time()
+    assert trio.current_time() - cancelled_at < FINAL_WRITE_TIMEOUT / 2
+    assert not group.attempts and (await engine.job(job_id)).state.value == "cancelled"
 
 
 async def test_finish_running_lets_short_jobs_finish(nursery, tmp_path, autojump_clock):
