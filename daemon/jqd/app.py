@@ -133,7 +133,7 @@ async def _serve(config, run_id, started_at, conn, reads, task_status) -> None:
                 await engine.start(dispatcher.run)
                 await engine.start(leases.run, store, workers, run_id, config.visibility_timeout)
                 await engine.start(lambda task_status: reaper.run(
-                    store, workers, metrics, visibility_timeout=config.visibility_timeout,
+                    store, workers, metrics, wakeup, visibility_timeout=config.visibility_timeout,
                     retention=config.retention, task_status=task_status))
                 async with trio.open_nursery() as front:
                     app = http.create_app(http.HttpDeps(

@@ -20,6 +20,7 @@ from jqd.metrics import Metrics
 from jqd.store.api import Store
 from jqd.store.errors import StorageFull, StoreError
 from jqd.store.params import RescueResult
+from jqd.wakeup import Wakeup
 from jqd.workers import WorkerGroup
 
 log = logging.getLogger("jqd.reaper")
@@ -40,7 +41,8 @@ def log_rescue(result: RescueResult, why: str) -> None:
         log.warning("%s: %d job(s) dead, no attempts left: %s", why, len(result.dead), result.dead[:50])
 
 
-async def reap_once(store: Store, workers: WorkerGroup, metrics: Metrics, retention: float) -> ReapResult:
+async def reap_once(store: Store, workers: WorkerGroup, metrics: Metrics, wakeup: Wakeup,
+                    retention: float) -> ReapResult:
     """Prune first: on a full store, pruning is what frees space, so nothing may stop it."""
     now = clock.now()
     pruned = 0
@@ -56,6 +58,8 @@ async def reap_once(store: Store, workers: WorkerGroup, metrics: Metrics, retent
         workers.stop(job_id, "lease_lost")
     metrics.rescued.inc(len(rescued.requeued) + len(rescued.dead))
     log_rescue(rescued, "lease lapsed")
+    if rescued.requeued:
+        wakeup.notify()  # due again now: an idle dispatcher would not look before the next event
     if not store.writable:
         try:
             await store.write_probe()  # so /readyz turns 200 again by itself once space returns
@@ -68,12 +72,12 @@ def reap_interval(visibility_timeout: float) -> float:
     return max(0.05, min(visibility_timeout / 4, 15.0))
 
 
-async def run(store: Store, workers: WorkerGroup, metrics: Metrics, *, visibility_timeout: float,
+async def run(store: Store, workers: WorkerGroup, metrics: Metrics, wakeup: Wakeup, *, visibility_timeout: float,
               retention: float, task_status=trio.TASK_STATUS_IGNORED) -> None:
     task_status.started()
     while True:
         await trio.sleep(reap_interval(visibility_timeout))
         try:
-            await reap_once(store, workers, metrics, retention)
+            await reap_once(store, workers, metrics, wakeup, retention)
         except StoreError as exc:
             log.warning("reaper pass failed: %s", exc)

@@ -8,7 +8,7 @@ import trio
 from jqd import clock, leases, reaper
 from jqd.handlers import JobType, PermanentError, Registry, RetryAfter
 from jqd.runstate import GLOBAL, Mode, Pause
-from jqd.store.errors import StorageFull
+from jqd.store.errors import StorageFull, StorageUnavailable
 from jqd.store.params import ClaimParams
 from jqd.workers import FINAL_WRITE_TIMEOUT, WorkerGroup, WorkerSettings
 
@@ -219,6 +219,39 @@ async def test_cancelled_group_does_not_wait_for_an_attempt_that_writes_nothing(
     assert not group.attempts and (await engine.job(job_id)).state.value == "cancelled"
 
 
+async def test_outcome_that_cannot_be_written_is_rescued_and_run_again(nursery, tmp_path, autojump_clock):
+    """The store refuses a batch of outcomes (disk full, I/O error): the attempts are let go,
+    their leases are no longer renewed, and the reaper re-queues the job, which runs again:
+    at-least-once, nothing lost."""
+    runs = []
+
+    async def counted(job):
+        runs.append(job.attempt)
+        return "ok"
+
+    engine = await start_engine(nursery, str(tmp_path / "j.db"), {"counted": counted}, visibility_timeout=5)
+    real = engine.store.jobs_complete
+    failures = []
+
+    async def refuse_once(batch):
+        if not failures:
+            failures.append(len(batch))
+            raise StorageUnavailable("the database cannot be written: disk I/O error")
+        return await real(batch)
+
+    engine.store.jobs_complete = refuse_once
+    nursery.start_soon(leases.run, engine.store, engine.workers, engine.run_id, 5.0)
+    job_id = await engine.submit("counted")
+    await trio.sleep(1)
+    assert failures == [1] and not engine.workers.attempts  # let go, still `running` in the store
+    assert (await engine.job(job_id)).state.value == "running"
+    await trio.sleep(10)  # past the lease
+    await reaper.reap_once(engine.store, engine.workers, engine.metrics, engine.wakeup, retention=1e9)
+    with trio.fail_after(60):  # the rescued job must be picked up without another event
+        job = await engine.wait_state(job_id, "succeeded")
+    assert runs == [1, 2] and job.rescues == 1 and job.result == "ok"
+
+
 async def test_finish_running_lets_short_jobs_finish(nursery, tmp_path, autojump_clock):
     async def short(job):
         await trio.sleep(2)
@@ -289,7 +322,7 @@ async def test_lease_keeper_renews_live_attempts_and_reaper_rescues_lapsed(nurse
                                              lease_expires_at=now + 30))
     nursery.start_soon(leases.run, engine.store, engine.workers, "run-1", 30.0)
     await trio.sleep(100)  # many renewal ticks, past the orphan's lease
-    result = await reaper.reap_once(engine.store, engine.workers, engine.metrics, retention=1e9)
+    result = await reaper.reap_once(engine.store, engine.workers, engine.metrics, engine.wakeup, retention=1e9)
     assert result.rescued.requeued == [orphan]
     assert (await engine.job(live)).state.value == "running"
     orphan_job = await engine.job(orphan)
@@ -301,7 +334,7 @@ async def test_reaper_prunes_finished_jobs_past_retention(nursery, tmp_path, aut
     job_id = await engine.submit("noop")
     await engine.wait_state(job_id, "succeeded")
     await trio.sleep(50)
-    result = await reaper.reap_once(engine.store, engine.workers, engine.metrics, retention=40)
+    result = await reaper.reap_once(engine.store, engine.workers, engine.metrics, engine.wakeup, retention=40)
     assert result.pruned == 1 and await engine.job(job_id) is None
 
 
@@ -320,13 +353,13 @@ async def test_reaper_prunes_while_the_store_is_full(nursery, tmp_path, autojump
 
     engine.store.writer.writable = False
     engine.store.write_probe = still_full
-    result = await reaper.reap_once(engine.store, engine.workers, engine.metrics, retention=40)
+    result = await reaper.reap_once(engine.store, engine.workers, engine.metrics, engine.wakeup, retention=40)
     assert result.pruned == 1 and await engine.job(job_id) is None
     assert engine.store.writable and not probes  # the prune's own commit proved writes work
     # Still full and nothing to prune: the pass probes (so /readyz learns when space returns)
     # and a failing probe is not an error of the pass.
     engine.store.writer.writable = False
-    result = await reaper.reap_once(engine.store, engine.workers, engine.metrics, retention=40)
+    result = await reaper.reap_once(engine.store, engine.workers, engine.metrics, engine.wakeup, retention=40)
     assert result.pruned == 0 and len(probes) == 1 and not engine.store.writable
 
 
