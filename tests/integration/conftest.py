@@ -7,9 +7,11 @@ still running at the end of the test is stopped with SIGTERM (then SIGKILL).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -115,6 +117,45 @@ def start_jqd(tmp_path):
     for daemon in started:
         if daemon.proc.poll() is None:
             daemon.stop(10)
+
+
+def post_once(d, path: str, body: dict) -> tuple[int, dict, dict]:
+    """POST on a fresh connection, request line, headers and body in one write; (status, headers, json).
+
+    Intake refusals are probed on their own connection so that each check stands alone; the
+    pooled-connection case is test_control_plane.test_connection_after_an_early_503_is_closed_or_reusable.
+    """
+    data = json.dumps(body).encode()
+    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{d.port}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
+    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+        s.sendall(request)
+        status, headers, payload = read_response(s)
+    return status, headers, json.loads(payload)
+
+
+def read_response(sock, timeout: float | None = None) -> tuple[int, dict, bytes]:
+    """Read one HTTP/1.1 response (Content-Length framed) from a blocking socket, or anything
+    with `recv`; `timeout` (seconds) is set on the socket first. EOFError when the peer closes
+    before the response is complete."""
+    if timeout is not None:
+        sock.settimeout(timeout)
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError(f"connection closed before the response head: {buffer!r}")
+        buffer += chunk
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError("connection closed in the middle of the response body")
+        rest += chunk
+    return int(status_line.split()[1]), headers, rest[:length]
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import SLOW_CLAIM, wait_for, wait_state
+from tests.integration.conftest import SLOW_CLAIM, post_once, read_response, wait_for, wait_state
 
 # Every daemon here may be stopped (by the fixture) while a long sleep job runs: keep that short.
 FAST_STOP = {"JQD_SHUTDOWN_GRACE": "0.5"}
@@ -96,41 +96,6 @@ def assert_stay_queued(c, ids, window: float = 0.5) -> None:
         if time.monotonic() >= deadline:
             return
         time.sleep(0.05)
-
-
-def post_once(d, path: str, body: dict) -> tuple[int, dict, dict]:
-    """POST on a fresh connection, request line, headers and body in one write; (status, headers, json).
-
-    Intake refusals are probed on their own connection so that each check stands alone; the
-    pooled-connection case is test_connection_after_an_early_503_is_closed_or_reusable.
-    """
-    data = json.dumps(body).encode()
-    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{d.port}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
-    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
-        s.sendall(request)
-        status, headers, payload = read_response(s)
-    return status, headers, json.loads(payload)
-
-
-def read_response(s: socket.socket) -> tuple[int, dict, bytes]:
-    """Read one HTTP/1.1 response with a Content-Length body from a blocking socket."""
-    buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"connection closed before the response head: {buffer!r}")
-        buffer += chunk
-    head, _, rest = buffer.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
-    length = int(headers.get("content-length", "0"))
-    while len(rest) < length:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed in the middle of the response body")
-        rest += chunk
-    return int(status_line.split()[1]), headers, rest[:length]
 
 
 def parse_time(text: str) -> datetime.datetime:

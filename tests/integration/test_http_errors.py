@@ -10,10 +10,9 @@ import sys
 import textwrap
 import time
 
-import httpx
 import pytest
 
-from tests.integration.conftest import wait_for, wait_state
+from tests.integration.conftest import read_response, wait_for, wait_state
 
 BLOB_MODULE = textwrap.dedent('''
     """Test handlers: `blob` accepts any payload and notes its id in ./ran.txt; `perm` always
@@ -155,27 +154,6 @@ def test_413_415_and_405_write_nothing(start_jqd):
         assert snapshot(c) == before
 
 
-def read_response(sock: socket.socket, timeout: float = 3.0) -> tuple[int, dict, bytes]:
-    """Read one HTTP/1.1 response (Content-Length framed) from a raw socket."""
-    sock.settimeout(timeout)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise EOFError(data)
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", 0))
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise EOFError(data)
-        rest += chunk
-    return int(lines[0].split()[1]), headers, rest[:length]
-
-
 @pytest.mark.parametrize("case", [
     "401", "413", "415", "404", "405"])
 def test_keepalive_connection_survives_an_error_answer(start_jqd, case):
@@ -204,7 +182,7 @@ def test_keepalive_connection_survives_an_error_answer(start_jqd, case):
             sock.sendall(body)
         else:
             sock.sendall(body)
-            status, resp_headers, _ = read_response(sock)
+            status, resp_headers, _ = read_response(sock, timeout=3.0)
         assert status == int(case)
         if "close" in resp_headers.get("connection", "").lower():
             return

@@ -11,7 +11,6 @@ import contextlib
 import json
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import SLOW_CLAIM, control_status, wait_for, wait_state
+from tests.integration.conftest import SLOW_CLAIM, control_status, post_once, wait_for, wait_state
 
 
 def submit(c, type_: str = "noop", payload: dict | None = None, **fields) -> dict:
@@ -74,33 +73,6 @@ def returned_ids(log: str) -> list[int]:
     ids = [int(x) for x in match.group(2).split(",") if x.strip()]
     assert len(ids) == int(match.group(1))
     return ids
-
-
-def post_once(d, path: str, body: dict) -> tuple[int, dict, dict]:
-    """POST with the request head and body in one write, on a fresh connection.
-
-    Each refusal is checked on its own connection; the pooled-connection case is
-    test_control_plane.test_connection_after_an_early_503_is_closed_or_reusable.
-    """
-    data = json.dumps(body).encode()
-    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{d.port}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
-    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
-        s.sendall(request)
-        buffer = b""
-        while b"\r\n\r\n" not in buffer:
-            chunk = s.recv(65536)
-            assert chunk, f"connection closed before the response head: {buffer!r}"
-            buffer += chunk
-        head, _, rest = buffer.partition(b"\r\n\r\n")
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-        length = int(headers.get("content-length", "0"))
-        while len(rest) < length:
-            chunk = s.recv(65536)
-            assert chunk, "connection closed in the middle of the response body"
-            rest += chunk
-    return int(status_line.split()[1]), headers, json.loads(rest[:length])
 
 
 def test_sigterm_returns_a_running_job_to_queued_with_its_attempt_refunded(start_jqd):
