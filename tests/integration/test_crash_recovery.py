@@ -14,7 +14,6 @@ import itertools
 import json
 import sqlite3
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx

@@ -18,7 +18,6 @@ import re
 from datetime import datetime
 
 import httpx
-import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings, strategies as st

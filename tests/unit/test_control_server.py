@@ -1,7 +1,6 @@
 """The control server, run for real on a Unix socket under tmp_path with a fake Controller."""
 
 import json
-import logging
 import os
 import shutil
 import socket
@@ -265,7 +264,7 @@ async def test_refused_peer_gets_permission_denied(path, controller, monkeypatch
     assert info.value.code == "permission_denied"
     assert f"uid {os.getuid()}" in info.value.message and "root" in info.value.message
     assert controller.calls == []
-    assert f"refused control connection from pid" in caplog.text
+    assert "refused control connection from pid" in caplog.text
 
 
 @pytest.mark.skipif(not (shutil.which("setpriv") and os.geteuid() == 0), reason="needs root and setpriv")

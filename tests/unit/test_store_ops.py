@@ -1,7 +1,5 @@
 """The store's named operations against a real SQLite file (no fakes)."""
 
-import sqlite3
-import time
 
 import pytest
 
