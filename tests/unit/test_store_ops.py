@@ -29,6 +29,11 @@ def insert(conn, *jobs, now=NOW, max_queued=1000):
     return out
 
 
+def complete(conn, params):
+    """One attempt's outcome through the daemon's batched operation."""
+    return ops.jobs_complete_many(conn, [params])[0]
+
+
 def claim(conn, limit, now=NOW, token=1, **kw):
     return ops.job_claim(conn, ClaimParams(limit=limit, now=now, owner="run1", token=token,
                                            lease_expires_at=now + 60, **kw))
@@ -44,7 +49,7 @@ def test_insert_assigns_increasing_ids_and_counts(conn):
 def test_ids_are_never_reused_after_prune(conn):
     [(job, _)] = insert(conn, NewJob("noop", "{}"))
     claimed = claim(conn, 1).jobs[0]
-    ops.job_complete(conn, CompleteParams(job.id, "run1", claimed.lease_token, Outcome.SUCCEEDED, NOW, "null"))
+    complete(conn, CompleteParams(job.id, "run1", claimed.lease_token, Outcome.SUCCEEDED, NOW, "null"))
     assert ops.jobs_prune(conn, NOW + 1, 10) == 1
     [(again, _)] = insert(conn, NewJob("noop", "{}"))
     assert again.id == job.id + 1
@@ -96,10 +101,10 @@ def test_stale_completion_is_refused(conn):
     ops.jobs_recover(conn, "run2", NOW)  # a new daemon run takes the job back
     second = ops.job_claim(conn, ClaimParams(limit=1, now=NOW, owner="run2", token=1,
                                              lease_expires_at=NOW + 60)).jobs[0]
-    stale = ops.job_complete(conn, CompleteParams(first.id, "run1", first.lease_token, Outcome.SUCCEEDED,
+    stale = complete(conn, CompleteParams(first.id, "run1", first.lease_token, Outcome.SUCCEEDED,
                                                   NOW, "1"))
     assert not stale.accepted
-    fresh = ops.job_complete(conn, CompleteParams(second.id, "run2", second.lease_token, Outcome.SUCCEEDED,
+    fresh = complete(conn, CompleteParams(second.id, "run2", second.lease_token, Outcome.SUCCEEDED,
                                                   NOW, "2"))
     assert fresh.accepted and fresh.state == "succeeded"
     assert ops.job_get(conn, first.id).result == 2
@@ -108,13 +113,13 @@ def test_stale_completion_is_refused(conn):
 def test_failure_retries_then_dies(conn):
     insert(conn, NewJob("noop", "{}", max_retries=1))
     job = claim(conn, 1).jobs[0]
-    r = ops.job_complete(conn, CompleteParams(job.id, "run1", job.lease_token, Outcome.FAILED, NOW,
+    r = complete(conn, CompleteParams(job.id, "run1", job.lease_token, Outcome.FAILED, NOW,
                                               error="boom", retry_at=NOW + 5))
     assert r.state == "queued"
     assert ops.job_get(conn, job.id).run_at == NOW + 5
     job = claim(conn, 1, now=NOW + 6, token=2).jobs[0]
     assert job.attempts == 2
-    r = ops.job_complete(conn, CompleteParams(job.id, "run1", job.lease_token, Outcome.FAILED, NOW,
+    r = complete(conn, CompleteParams(job.id, "run1", job.lease_token, Outcome.FAILED, NOW,
                                               error="boom", retry_at=NOW + 5))
     assert r.state == "dead"
     assert ops.job_get(conn, job.id).last_error == "boom"
@@ -123,7 +128,7 @@ def test_failure_retries_then_dies(conn):
 def test_interrupted_refunds_the_attempt(conn):
     insert(conn, NewJob("noop", "{}"))
     job = claim(conn, 1).jobs[0]
-    r = ops.job_complete(conn, CompleteParams(job.id, "run1", job.lease_token, Outcome.INTERRUPTED, NOW))
+    r = complete(conn, CompleteParams(job.id, "run1", job.lease_token, Outcome.INTERRUPTED, NOW))
     assert r.state == "queued"
     assert ops.job_get(conn, job.id).attempts == 0
 

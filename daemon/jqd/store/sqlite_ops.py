@@ -208,11 +208,6 @@ def jobs_complete_many(conn: sqlite3.Connection, batch: list[CompleteParams]) ->
     return [CompleteResult(accepted=p.job_id in written, state=written.get(p.job_id)) for p in batch]
 
 
-def job_complete(conn: sqlite3.Connection, params: CompleteParams) -> CompleteResult:
-    """Record one attempt's outcome, only while its lease still holds."""
-    return jobs_complete_many(conn, [params])[0]
-
-
 def job_progress(conn: sqlite3.Connection, job_id: int, owner: str, token: int, progress_json: str) -> bool:
     cur = conn.execute(f"UPDATE jobs SET progress = :progress {_FENCE}",
                        {"id": job_id, "owner": owner, "token": token, "progress": progress_json})
